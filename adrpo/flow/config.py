@@ -1,0 +1,121 @@
+"""Configuration of the online flow-matching trainer (ADRPO-FM and its baselines).
+
+Defaults follow the paper's text-to-image setup where it states them (β0 = 1, advantage
+clip ±β0) and the ORW-CFM reference code otherwise (τ = 0.5, α = 1, Adam lr 2e-4, gradient
+clipping at 1.0). Validation errors name the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from adrpo.core.advantages import BASELINES, SCALINGS
+
+METHODS = ("adrpo", "orw_cfm_w2", "raft", "flow_dpo")
+
+
+def _help(text: str, default: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class FlowConfig:
+    """Every knob of one online fine-tuning run; see each field's ``help``.
+
+    Groups: method and its hyperparameters; batch and sampling; optimisation; LoRA;
+    bookkeeping (output, logging, checkpoints).
+    """
+
+    # Method
+    method: str = _help(f"Training objective, one of {METHODS}.", "adrpo")
+    beta0: float = _help("ADRPO base divergence coefficient β0 (paper: 1 for text-to-image).", 1.0)
+    adv_clip_min: float | None = _help("A_min of the advantage clip; None means −beta0.", None)
+    adv_clip_max: float | None = _help("A_max of the advantage clip; None means +beta0. Above beta0 warns.", None)
+    advantage_baseline: str = _help(f"Baseline subtracted from rewards, one of {BASELINES}.", "group")
+    advantage_scale: str = _help(f"Divide advantages by the std of the baseline set ('std') or not ('none'), one of {SCALINGS}.", "std")
+    orw_tau: float = _help("ORW-CFM-W2 inverse temperature τ of w = exp(τ·r).", 0.5)
+    orw_alpha: float = _help("ORW-CFM-W2 fixed W2 coefficient α.", 1.0)
+    orw_normalize: bool = _help("Rescale ORW weights to mean 1 over the batch (paper: raw exp(τ·r)).", False)
+    raft_fraction: float = _help("RAFT: share of each prompt's samples kept for flow matching.", 0.25)
+    dpo_beta: float = _help("Flow-DPO inverse temperature β.", 100.0)
+
+    # Batch and sampling
+    prompts_per_step: int = _help("B, prompts drawn per step (per process).", 8)
+    group_size: int = _help("G, samples drawn per prompt.", 8)
+    sampling_steps: int = _help("Euler steps of the sampler during training.", 20)
+    guidance_scale: float = _help("Classifier-free guidance weight of the sampler (1 = none).", 1.0)
+    time_shift: float = _help("Sampler time-grid shift (3 for SD3, 1 = uniform).", 1.0)
+    sampler_refresh_every: int = _help("K: the sampling policy is a snapshot of the policy refreshed every K steps; 1 is on-policy.", 1)
+
+    # Optimisation
+    num_steps: int = _help("Optimizer steps to train for.", 200)
+    learning_rate: float = _help("AdamW learning rate.", 2e-4)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    max_grad_norm: float | None = _help("Gradient-norm clip; None disables it.", 1.0)
+    seed: int = _help("Seed of every random draw of the run.", 0)
+
+    # LoRA
+    lora_rank: int = _help("LoRA rank; 0 trains all parameters and keeps a frozen reference copy.", 0)
+    lora_alpha: float = _help("LoRA alpha (scale = alpha / rank).", 16.0)
+    lora_target_modules: list[str] = _help("Module names LoRA adapts.", ["proj"])
+
+    # Bookkeeping
+    output_dir: str = _help("Run directory: metrics.jsonl, TensorBoard logs, checkpoints/.", "runs/flow")
+    logging_steps: int = _help("Log metrics every this many steps.", 1)
+    checkpoint_steps: int = _help("Save a checkpoint every this many steps (0 = only at the end).", 50)
+    keep_checkpoints: int = _help("Complete checkpoints kept on disk.", 2)
+    report_to: list[str] = _help("Trackers: 'tensorboard', 'wandb', or 'none'.", ["tensorboard"])
+    progress_bar: bool = _help("Show a tqdm progress bar.", True)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.beta0 < 0:
+            raise ValueError(f"beta0 must be >= 0, got {self.beta0}")
+        if self.adv_clip_min is None:
+            self.adv_clip_min = -self.beta0
+        if self.adv_clip_max is None:
+            self.adv_clip_max = self.beta0
+        if self.adv_clip_min > self.adv_clip_max:
+            raise ValueError(f"adv_clip_min ({self.adv_clip_min}) must be <= adv_clip_max ({self.adv_clip_max})")
+        if self.method == "adrpo" and self.adv_clip_max > self.beta0:
+            warnings.warn(
+                f"adv_clip_max ({self.adv_clip_max}) > beta0 ({self.beta0}): the coefficient beta0 - A "
+                "goes negative for the best samples, pushing them away from the reference",
+                stacklevel=2,
+            )
+        if self.advantage_baseline not in BASELINES:
+            raise ValueError(f"advantage_baseline must be one of {BASELINES}, got {self.advantage_baseline!r}")
+        if self.advantage_scale not in SCALINGS:
+            raise ValueError(f"advantage_scale must be one of {SCALINGS}, got {self.advantage_scale!r}")
+        for name in ("prompts_per_step", "group_size", "sampling_steps", "sampler_refresh_every", "logging_steps", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_steps", "checkpoint_steps", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.method == "flow_dpo" and self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for flow_dpo (pairs), got {self.group_size}")
+        if not 0 < self.raft_fraction <= 1:
+            raise ValueError(f"raft_fraction must be in (0, 1], got {self.raft_fraction}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.orw_alpha < 0:
+            raise ValueError(f"orw_alpha must be >= 0, got {self.orw_alpha}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FlowConfig:
+        """Build from a mapping (e.g. parsed YAML), refusing unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown FlowConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,344 @@
+"""The one online loop behind ADRPO-FM and every flow baseline.
+
+Each step: draw B prompts → sample G x1 per prompt from the sampling policy (Euler ODE with
+classifier-free guidance) → score them → advantages → draw t and x0, build (x_t, u_t) on the
+straight path → policy and reference velocities → the method's per-sample loss → one
+optimizer step through accelerate. The method is a row of ``adrpo.flow.methods.LOSSES``.
+
+Distributed training, mixed precision and trackers come from accelerate: run a script that
+builds a :class:`FlowTrainer` under ``accelerate launch``. Each process draws its own whole
+prompt groups, so group baselines need no communication; ``advantage_baseline="batch"`` is
+per process.
+
+Resuming: checkpoints hold model, optimizer, accelerate's RNG states and the trainer state
+(step, sampling-policy snapshot, random generator, prompt order). The reference is *not*
+saved: build the trainer from the same base model and call ``train(resume_from_checkpoint=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from adrpo.core.advantages import compute_advantages
+from adrpo.core.flow_losses import preference_pairs, squared_error
+from adrpo.core.metrics import grouped_diversity
+from adrpo.core.paths import StraightPath
+from adrpo.flow import checkpointing
+from adrpo.flow.config import FlowConfig
+from adrpo.flow.lora import adapters_disabled, add_lora
+from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
+from adrpo.flow.sampler import sample_euler
+from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
+
+Evaluator = Callable[["FlowTrainer"], dict[str, float]]
+Embedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TrainerState:
+    """What the trainer must remember across a restart (accelerate checkpoints it).
+
+    The random generator and the prompt order are per process; before a save the trainer
+    gathers every process's into ``gathered`` so that each one resumes its own stream.
+    """
+
+    def __init__(self, num_prompts: int, generator: torch.Generator, process_index: int):
+        self.step = 0
+        self.generator = generator
+        self.process_index = process_index
+        self.order = torch.randperm(num_prompts, generator=generator, device=generator.device)
+        self.cursor = 0
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.gathered: list[dict[str, Any]] = []
+
+    def local_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order.cpu(), "cursor": self.cursor}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "snapshot": self.snapshot, "processes": self.gathered or [self.local_state()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.generator.device
+        mine = state["processes"][self.process_index]
+        self.step = state["step"]
+        self.generator.set_state(mine["generator"])
+        self.order = mine["order"].to(device)
+        self.cursor = mine["cursor"]
+        if state["snapshot"] is not None:
+            self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
+
+
+class FlowTrainer:
+    """Online RL fine-tuning of a velocity model against a reward.
+
+    Args:
+        config: the run's :class:`FlowConfig`.
+        model: a :class:`adrpo.flow.models.base.VelocityModel`, the initial policy and the
+            reference.
+        reward_fn: ``(samples (N, *D), prompts) -> (N,)``.
+        train_prompts: prompts drawn (without replacement within an epoch) for training.
+        diversity_fn: optional ``(N, *D) -> (N, E)`` embedder; its per-prompt mean pairwise
+            distance is logged as ``diversity``.
+        accelerator: an existing Accelerator; by default one is built (CPU without CUDA).
+    """
+
+    def __init__(
+        self,
+        config: FlowConfig,
+        model: nn.Module,
+        reward_fn: FlowReward,
+        train_prompts: Sequence[str],
+        *,
+        diversity_fn: Embedder | None = None,
+        accelerator: Accelerator | None = None,
+    ):
+        if not train_prompts:
+            raise ValueError("train_prompts is empty")
+        self.config = config
+        self.reward_fn = reward_fn
+        self.reward_label = reward_name(reward_fn)
+        self.train_prompts = list(train_prompts)
+        self.diversity_fn = diversity_fn
+        self.path = StraightPath()
+        self.loss_fn = LOSSES[config.method]
+        self.output_dir = Path(config.output_dir)
+        trackers = [name for name in config.report_to if name != "none"]
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(self.output_dir)
+        )
+        set_seed(config.seed)
+        model.requires_grad_(True)
+        if config.lora_rank:
+            model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, target_modules=config.lora_target_modules)
+            self.reference: nn.Module | None = None
+        else:
+            self.reference = copy.deepcopy(model).requires_grad_(False).eval().to(self.accelerator.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.policy = self.accelerator.unwrap_model(self.model)
+        self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
+        generator = torch.Generator(device=self.accelerator.device)
+        generator.manual_seed(config.seed * 1_000_003 + self.accelerator.process_index)
+        self.state = TrainerState(len(self.train_prompts), generator, self.accelerator.process_index)
+        if config.sampler_refresh_every > 1:
+            self.state.snapshot = {name: p.detach().clone() for name, p in self.trainable.items()}
+        self.accelerator.register_for_checkpointing(self.state)
+        self.metrics_log = checkpointing.MetricsLog(self.output_dir / "metrics.jsonl")
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.accelerator.init_trackers("adrpo", config={k: str(v) if isinstance(v, list) else v for k, v in config.to_dict().items()})
+
+    # ----------------------------------------------------------------- sampling
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def _randn(self, n: int) -> torch.Tensor:
+        return torch.randn((n, *self.policy.data_shape), generator=self.state.generator, device=self.device)
+
+    def _next_prompts(self) -> list[str]:
+        """B prompts, walking a fresh random permutation each epoch."""
+        chosen = []
+        for _ in range(self.config.prompts_per_step):
+            if self.state.cursor == len(self.state.order):
+                self.state.order = torch.randperm(len(self.train_prompts), generator=self.state.generator, device=self.device)
+                self.state.cursor = 0
+            chosen.append(self.train_prompts[int(self.state.order[self.state.cursor])])
+            self.state.cursor += 1
+        return chosen
+
+    @contextmanager
+    def _sampling_weights(self) -> Iterator[None]:
+        """Swap the sampling-policy snapshot into the policy's parameters (no copy)."""
+        if self.state.snapshot is None:
+            yield
+            return
+        self._swap_snapshot()
+        try:
+            yield
+        finally:
+            self._swap_snapshot()
+
+    def _swap_snapshot(self) -> None:
+        snapshot = self.state.snapshot
+        for name, param in self.trainable.items():
+            param.data, snapshot[name] = snapshot[name], param.data
+
+    def reference_context(self):
+        """Inside this block ``self.policy`` computes the reference velocity."""
+        return adapters_disabled(self.policy) if self.reference is None else nullcontext()
+
+    @torch.no_grad()
+    def reference_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """v_ref(x_t, t, c): (N, *D) -> (N, *D)."""
+        with self.reference_context():
+            return (self.reference or self.policy)(x_t, t, cond)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        *,
+        x0: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        use_reference: bool = False,
+    ) -> torch.Tensor:
+        """Samples x1 (N, *D) of the current policy (or the reference) for N prompts."""
+        model = self.policy
+        cond = model.encode_prompts(prompts)
+        x0 = self._randn(len(prompts)) if x0 is None else x0.to(self.device)
+        was_training = model.training
+        model.eval()
+        with self.reference_context() if use_reference else nullcontext():
+            out = sample_euler(
+                self.reference if use_reference and self.reference is not None else model,
+                cond,
+                x0,
+                num_steps=num_steps or self.config.sampling_steps,
+                guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+                shift=self.config.time_shift,
+            )
+        model.train(was_training)
+        return out
+
+    # ----------------------------------------------------------------- training
+    def step(self) -> dict[str, float]:
+        """One online step; returns its metrics (floats)."""
+        cfg = self.config
+        group = cfg.group_size
+        prompts = [p for p in self._next_prompts() for _ in range(group)]  # N = B·G, prompt-major
+        n = len(prompts)
+        with self._sampling_weights():
+            x1 = self.sample(prompts)
+        rewards = validate_rewards(
+            self.reward_fn(x1, prompts), prompts=prompts, method=cfg.method, step=self.state.step, reward=self.reward_label
+        ).to(self.device)
+        advantages = compute_advantages(rewards, group_size=group, baseline=cfg.advantage_baseline, scale=cfg.advantage_scale)
+
+        t = torch.rand(n, generator=self.state.generator, device=self.device)
+        x0 = self._randn(n)
+        pairs = None
+        if cfg.method in PAIRED:
+            pairs = preference_pairs(rewards, group_size=group)
+            t[pairs[1]], x0[pairs[1]] = t[pairs[0]], x0[pairs[0]]
+        x_t, u_t = self.path.sample(x0, x1, t)
+        cond = self.policy.encode_prompts(prompts)
+        v_ref = self.reference_velocity(x_t, t, cond)
+        v = self.model(x_t, t, cond)
+        out = self.loss_fn(LossBatch(v, u_t, v_ref, rewards, advantages, group, pairs), cfg)
+        loss = out.per_sample.mean()
+        self.accelerator.backward(loss)
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = self.accelerator.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        if self.state.snapshot is not None and self.state.step % cfg.sampler_refresh_every == 0:
+            for name, param in self.trainable.items():
+                self.state.snapshot[name].copy_(param.detach())
+
+        metrics = {
+            "loss": loss.item(),
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(correction=0).item(),
+            "w2": squared_error(v.detach(), v_ref).mean().item(),
+            **{key: float(value) for key, value in out.diagnostics.items()},
+        }
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        if self.diversity_fn is not None:
+            metrics["diversity"] = grouped_diversity(self.diversity_fn(x1), group_size=group).mean().item()
+        return metrics
+
+    def train(
+        self,
+        *,
+        resume_from_checkpoint: bool | str = False,
+        evaluator: Evaluator | None = None,
+        eval_steps: int = 0,
+    ) -> list[dict[str, float]]:
+        """Train to ``config.num_steps``; returns the rows written to ``metrics.jsonl``.
+
+        Args:
+            resume_from_checkpoint: True resumes from the newest checkpoint under
+                ``output_dir/checkpoints`` (a fresh start when there is none); a path resumes
+                from that checkpoint.
+            evaluator: called before training, every ``eval_steps`` steps and at the end;
+                its metrics are logged with an ``eval/`` prefix.
+        """
+        cfg = self.config
+        if resume_from_checkpoint:
+            self._resume(resume_from_checkpoint)
+        elif self.accelerator.is_main_process:
+            self.metrics_log.truncate_after(-1)
+        if evaluator is not None and self.state.step == 0:
+            self._log({f"eval/{k}": v for k, v in evaluator(self).items()})
+        bar = tqdm(
+            total=cfg.num_steps, initial=self.state.step, desc=f"{cfg.method}", dynamic_ncols=True,
+            disable=not (cfg.progress_bar and self.accelerator.is_main_process),
+        )
+        while self.state.step < cfg.num_steps:
+            metrics = self.step()
+            step = self.state.step
+            if evaluator is not None and (step == cfg.num_steps or (eval_steps and step % eval_steps == 0)):
+                metrics.update({f"eval/{k}": v for k, v in evaluator(self).items()})
+            if step % cfg.logging_steps == 0 or step == cfg.num_steps or any(k.startswith("eval/") for k in metrics):
+                self._log(metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", w2=f"{metrics['w2']:.4f}")
+            if step == cfg.num_steps or (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0):
+                self.save_checkpoint()
+        bar.close()
+        self.accelerator.end_training()
+        return self.metrics_log.read()
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        self.accelerator.log(metrics, step=self.state.step)
+        if self.accelerator.is_main_process:
+            self.metrics_log.append({"step": self.state.step, **metrics})
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-NNNNNNNN`` atomically (every process takes part) and prune."""
+        self.state.gathered = gather_object([self.state.local_state()])
+        root, step, accelerator = self.checkpoint_root, self.state.step, self.accelerator
+
+        def write(tmp: Path) -> None:
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+
+        if accelerator.is_main_process:
+            final = checkpointing.write_checkpoint_atomically(root, step, write)
+            checkpointing.prune_checkpoints(root, self.config.keep_checkpoints)
+        else:
+            final = checkpointing.checkpoint_dir(root, step)
+            write(checkpointing.temporary_dir(root, step))
+        accelerator.wait_for_everyone()
+        return final
+
+    def _resume(self, resume_from_checkpoint: bool | str) -> None:
+        if resume_from_checkpoint is True:
+            path = checkpointing.latest_checkpoint(self.checkpoint_root)
+            if path is None:
+                if self.accelerator.is_main_process:
+                    self.metrics_log.truncate_after(-1)
+                return
+        else:
+            path = Path(resume_from_checkpoint)
+            if not path.is_dir():
+                raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
+        self.accelerator.load_state(str(path))
+        if self.accelerator.is_main_process:
+            self.metrics_log.truncate_after(self.state.step)

@@ -1,0 +1,1 @@
+"""Rewards: the reward protocol, validation of what a reward returns, built-in rewards."""
