@@ -26,15 +26,16 @@ def compute_advantages(
     A_i = (r_i − mean_S r) / std_S r, where S is the prompt's group of G samples
     (``baseline="group"``, GRPO's rule) or the whole batch (``baseline="batch"``), and the
     std is the population std over the same set. With ``scale="none"`` the division is
-    skipped and A keeps the reward's units. A set whose std is at most ``eps`` (e.g. a group
-    whose rewards are all equal) gets advantage exactly 0, never NaN.
+    skipped and A keeps the reward's units. A set whose rewards are all equal, or (with
+    ``scale="std"``) whose std is at most ``eps``·max(1, |mean|), gets advantage exactly 0,
+    never NaN or a rounding error blown up to ±1.
 
     Args:
         rewards: (N,) rewards, N = B·G, prompt-major.
         group_size: G, the number of samples per prompt; must divide N.
         baseline: "group" or "batch".
         scale: "std" or "none".
-        eps: standard deviations at or below this count as zero.
+        eps: relative tolerance below which a standard deviation counts as zero.
 
     Returns:
         (N,) advantages, same dtype as ``rewards``.
@@ -52,11 +53,15 @@ def compute_advantages(
     if group_size < 1 or n % group_size:
         raise ValueError(f"group_size={group_size} must be >= 1 and divide the {n} rewards")
     sets = rewards.view(-1, group_size) if baseline == "group" else rewards.view(1, n)  # (B, G) or (1, N)
-    centered = sets - sets.mean(dim=1, keepdim=True)
+    mean = sets.mean(dim=1, keepdim=True)
+    centered = sets - mean
+    # A set of equal rewards has a rounding-error mean; its advantages are exactly 0.
+    flat = sets.amax(dim=1, keepdim=True) == sets.amin(dim=1, keepdim=True)
     if scale == "std":
         std = sets.std(dim=1, correction=0, keepdim=True)
-        degenerate = std <= eps
-        centered = torch.where(degenerate, torch.zeros_like(centered), centered / std.clamp_min(eps))
+        flat = flat | (std <= eps * mean.abs().clamp_min(1.0))
+        centered = centered / std.clamp_min(eps)
+    centered = torch.where(flat, torch.zeros_like(centered), centered)
     return centered.reshape(n)
 
 

@@ -145,8 +145,8 @@ def orw_cfm_w2_loss(
 def top_fraction_mask(rewards: torch.Tensor, *, group_size: int, fraction: float) -> torch.Tensor:
     """(N,) bool mask of the best ``fraction`` of each prompt's G samples (at least one).
 
-    Ties are broken by position, so the mask always selects k = max(1, round(fraction·G))
-    samples per prompt.
+    Exactly k = max(1, round(fraction·G)) samples are selected per prompt; among tied
+    rewards ``torch.topk`` decides which.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -222,18 +222,17 @@ def flow_dpo_loss(
         valid: optional (P,) bool; pairs marked False (e.g. reward ties) contribute 0.
 
     Returns:
-        (P,) loss; diagnostics ``pref_acc`` (share of pairs with Δ < 0) and ``w2``.
+        (P,) loss; diagnostics ``pref_acc`` (share of valid pairs with Δ < 0) and ``w2``.
     """
     err = squared_error(v, u)
     err_ref = squared_error(v_ref.detach(), u)
     delta = (err[winners] - err_ref[winners]) - (err[losers] - err_ref[losers])  # (P,)
-    per_pair = F.softplus(beta * delta)
-    if valid is not None:
-        per_pair = per_pair * valid.to(per_pair.dtype)
+    valid = torch.ones_like(delta, dtype=torch.bool) if valid is None else valid
+    per_pair = F.softplus(beta * delta) * valid.to(delta.dtype)
     return FlowLoss(
         per_pair,
         {
-            "pref_acc": (delta.detach() < 0).float().mean(),
+            "pref_acc": (delta.detach() < 0)[valid].float().mean(),
             "w2": squared_error(v.detach(), v_ref.detach()).mean(),
         },
     )

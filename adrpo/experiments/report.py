@@ -1,0 +1,120 @@
+"""Tables, JSON and plots of a comparison: the paper's Table 1 layout and Figure 3 analog."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from adrpo.experiments.compare import BASE_LABEL
+
+# (key, column title, higher is better)
+METRICS = (("reward", "Reward ↑", True), ("diversity", "Diversity ↑", True), ("w2", "W2 to ref. ↓", False))
+
+
+def final_metrics(results: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """{label: {metric: [value per seed]}} at the last evaluation; the base row is step 0."""
+    table: dict[str, dict[str, list[float]]] = {BASE_LABEL: {key: [] for key, _, _ in METRICS}}
+    base_seeds: set[int] = set()
+    for run in results["runs"]:
+        first, last = run["trajectory"][0], run["trajectory"][-1]
+        if first["step"] == 0 and run["seed"] not in base_seeds:
+            base_seeds.add(run["seed"])
+            for key, _, _ in METRICS:
+                table[BASE_LABEL][key].append(first[key])
+        row = table.setdefault(run["label"], {key: [] for key, _, _ in METRICS})
+        for key, _, _ in METRICS:
+            row[key].append(last[key])
+    return table
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown_table(table: dict[str, dict[str, list[float]]], *, digits: int = 3) -> str:
+    """Table 1 layout: one row per method, mean ± std over seeds; best in bold, second in italics."""
+    labels = list(table)
+    ranked: dict[str, dict[str, int]] = {}
+    for key, _, higher in METRICS:
+        trained = [label for label in labels if label != BASE_LABEL]
+        order = sorted(trained, key=lambda label: mean_std(table[label][key])[0], reverse=higher)
+        ranked[key] = {label: rank for rank, label in enumerate(order)}
+    lines = ["| Method | " + " | ".join(title for _, title, _ in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for label in labels:
+        cells = []
+        for key, _, _ in METRICS:
+            mean, std = mean_std(table[label][key])
+            cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
+            rank = ranked[key].get(label)
+            cells.append(f"**{cell}**" if rank == 0 else f"*{cell}*" if rank == 1 else cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = len(next(iter(table.values()))["reward"])
+    lines.append("")
+    lines.append(f"Mean ± sample std over {seeds} seeds on held-out prompts; best trained method in bold, second in italics.")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = None) -> Path:
+    """Figure 3 analog: reward–diversity trajectories of one seed, then final reward, diversity, W2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    seed = runs[0]["seed"] if seed is None else seed
+    table = final_metrics(results)
+    labels = list(table)
+    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
+    ax = axes[0]
+    for run in (r for r in runs if r["seed"] == seed):
+        xs = [point["diversity"] for point in run["trajectory"]]
+        ys = [point["reward"] for point in run["trajectory"]]
+        color = colors[run["label"]]
+        n = len(xs)
+        ax.plot(xs, ys, color=color, alpha=0.35, linewidth=1)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            ax.scatter(x, y, color=color, alpha=0.15 + 0.85 * (i + 1) / n, s=18, linewidths=0)
+        ax.scatter(xs[-1], ys[-1], color=color, marker="*", s=220, edgecolors="black", linewidths=0.6, label=run["label"])
+    base = table[BASE_LABEL]
+    ax.scatter(base["diversity"][0], base["reward"][0], color="black", marker="o", s=60, label=BASE_LABEL)
+    ax.set_xlabel("diversity (mean pairwise embedding distance) →")
+    ax.set_ylabel("reward (held-out prompts) →")
+    ax.set_title(f"Trajectories through training (seed {seed}); star = final")
+    ax.legend(fontsize=8, loc="best")
+    for ax, (key, title, _) in zip(axes[1:], METRICS):
+        means = [mean_std(table[label][key])[0] for label in labels]
+        stds = [mean_std(table[label][key])[1] for label in labels]
+        ax.bar(range(len(labels)), means, yerr=stds, color=[colors[label] for label in labels], capsize=3)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"final {title}")
+        finite = [m for m in means if math.isfinite(m)]
+        if key == "w2":
+            ax.set_yscale("symlog", linthresh=1e-2)
+        elif finite:
+            low = min(m - s for m, s in zip(means, stds))
+            ax.set_ylim(bottom=max(0.0, low - 0.1 * abs(low)))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+    """Write results.json, table.md and tradeoff.png; returns their paths."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = final_metrics(results)
+    paths = {"json": output_dir / "results.json", "table": output_dir / "table.md", "plot": output_dir / "tradeoff.png"}
+    summary = {label: {key: dict(zip(("mean", "std"), mean_std(values))) for key, values in row.items()} for label, row in table.items()}
+    paths["json"].write_text(json.dumps({**results, "summary": summary}, indent=1))
+    paths["table"].write_text(markdown_table(table) + "\n")
+    plot_tradeoff(results, paths["plot"])
+    return paths

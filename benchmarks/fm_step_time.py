@@ -1,0 +1,144 @@
+"""Step time of ADRPO-FM against ORW-CFM-W2 in the same FlowTrainer.
+
+What is measured: the wall time of one ``FlowTrainer.step()`` (sample N = B·G images with
+the Euler sampler, score them, advantages, reference and policy velocities, the method's
+loss, backward, optimizer step, metrics) for two trainers that differ only in
+``FlowConfig.method``. Both start from the digits task's pretrained base model, with the
+same seed and batch settings, in the same process.
+
+How: the two trainers run in alternating blocks of ``--steps`` steps (ABBA order, so that
+a slow drift of the machine hits both equally) for ``--rounds`` rounds, after
+``--warmup`` discarded steps of each. Each step is timed alone; the script prints each
+method's median step time and their ratio. ADRPO's extra work over ORW-CFM-W2 is the
+adaptive coefficient β0 − clip(A) on N scalars, so the target is a ratio ≤ 1.01.
+
+Run (about 35 s on one CPU thread; the first run of the digits task pretrains and caches
+its models for ~45 s more)::
+
+    .venv/bin/python benchmarks/fm_step_time.py
+    .venv/bin/python benchmarks/fm_step_time.py --rounds 20 --steps 10 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adrpo.flow.config import FlowConfig
+from adrpo.flow.trainer import FlowTrainer
+from adrpo.tasks.digits import DigitsTask
+
+METHODS = ("adrpo", "orw_cfm_w2")
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} (uncommitted changes)" if dirty else commit
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return (
+        f"{platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} | "
+        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device}"
+    )
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_steps(trainer: FlowTrainer, count: int) -> list[float]:
+    """Seconds of each of ``count`` consecutive ``trainer.step()`` calls."""
+    times = []
+    for _ in range(count):
+        sync()
+        start = time.perf_counter()
+        trainer.step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=24, help="Rounds of one block per method.")
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps per block.")
+    parser.add_argument("--warmup", type=int, default=10, help="Discarded steps per method before timing.")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
+    parser.add_argument("--group-size", type=int, default=8, help="G.")
+    parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps of the sampler.")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance weight.")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of both trainers.")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    task = DigitsTask()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for method in METHODS:
+            config = FlowConfig(
+                method=method,
+                prompts_per_step=args.prompts_per_step,
+                group_size=args.group_size,
+                sampling_steps=args.sampling_steps,
+                guidance_scale=args.guidance_scale,
+                num_steps=args.warmup + args.rounds * args.steps,
+                seed=args.seed,
+                output_dir=str(Path(tmp) / method),
+                report_to=["none"],
+                progress_bar=False,
+                checkpoint_steps=0,
+            )
+            trainers[method] = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+
+        for trainer in trainers.values():
+            timed_steps(trainer, args.warmup)
+        times: dict[str, list[float]] = {method: [] for method in METHODS}
+        for round_ in range(args.rounds):
+            order = METHODS if round_ % 2 == 0 else METHODS[::-1]  # ABBA: cancels slow drift
+            for method in order:
+                gc.collect()
+                times[method] += timed_steps(trainers[method], args.steps)
+
+    medians = {method: statistics.median(values) for method, values in times.items()}
+    ratio = medians["adrpo"] / medians["orw_cfm_w2"]
+    print(f"machine: {machine()}")
+    print(f"commit: {git_commit()}")
+    print(
+        f"settings: B={args.prompts_per_step} G={args.group_size} N={args.prompts_per_step * args.group_size} "
+        f"sampling_steps={args.sampling_steps} guidance={args.guidance_scale} seed={args.seed} "
+        f"rounds={args.rounds} steps/block={args.steps} warmup={args.warmup} (interleaved ABBA)"
+    )
+    for method in METHODS:
+        values = times[method]
+        print(
+            f"{method:>11}: median {medians[method] * 1e3:8.3f} ms/step "
+            f"(min {min(values) * 1e3:.3f}, max {max(values) * 1e3:.3f}, n={len(values)})"
+        )
+    print(f"ratio adrpo/orw_cfm_w2 step time: {ratio:.3f} (target <= 1.01)")
+
+
+if __name__ == "__main__":
+    main()

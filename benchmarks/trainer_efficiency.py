@@ -1,0 +1,192 @@
+"""Overhead of a full ADRPO-FM training step over the compute it cannot avoid.
+
+What is measured, in one process and on the same trainer:
+
+- **full step**: ``FlowTrainer.step()`` with ``method="adrpo"``;
+- **(a) sampling**: ``adrpo.flow.sampler.sample_euler`` on the trainer's policy for the
+  same N = prompts_per_step·group_size, Euler steps, guidance and time shift, with the
+  conditioning and noise prepared beforehand;
+- **(b) policy update**: forward of a copy of the policy at (x_t, t, cond) of size N, the
+  ADRPO-FM-shaped loss mean(A·‖v − u‖² + (β0 − A)·‖v − v_ref‖²), backward, and one step
+  of a plain ``torch.optim.AdamW`` with the trainer's lr and weight decay;
+- **(c) reference**: ``trainer.reference_velocity(x_t, t, cond)`` of size N.
+
+The unavoidable compute is median(a) + median(b) + median(c); everything else a step does
+(prompt encoding, reward, advantages, gradient clipping, metrics, accelerate's wrappers)
+is overhead. Target: full step / unavoidable ≤ 1.10.
+
+How: after ``--warmup`` discarded calls of each, the four measurements run in blocks of
+``--steps`` calls, one block each per round, the block order rotating every round, for
+``--rounds`` rounds; each call is timed alone and the medians over all timed calls are
+reported.
+
+Run (about 35 s on one CPU thread; the first run of the digits task pretrains and caches
+its models for ~45 s more)::
+
+    .venv/bin/python benchmarks/trainer_efficiency.py
+    .venv/bin/python benchmarks/trainer_efficiency.py --rounds 10 --steps 10 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from adrpo.flow.config import FlowConfig
+from adrpo.flow.sampler import sample_euler
+from adrpo.flow.trainer import FlowTrainer
+from adrpo.tasks.digits import DigitsTask
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} (uncommitted changes)" if dirty else commit
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return (
+        f"{platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} | "
+        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device}"
+    )
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_calls(fn: Callable[[], object], count: int) -> list[float]:
+    """Seconds of each of ``count`` consecutive calls of ``fn``."""
+    times = []
+    for _ in range(count):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=24, help="Rounds of one block per measurement.")
+    parser.add_argument("--steps", type=int, default=20, help="Timed calls per block.")
+    parser.add_argument("--warmup", type=int, default=10, help="Discarded calls per measurement before timing.")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
+    parser.add_argument("--group-size", type=int, default=8, help="G.")
+    parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps of the sampler.")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance weight.")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the trainer and the synthetic batch.")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    task = DigitsTask()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = FlowConfig(
+            method="adrpo",
+            prompts_per_step=args.prompts_per_step,
+            group_size=args.group_size,
+            sampling_steps=args.sampling_steps,
+            guidance_scale=args.guidance_scale,
+            num_steps=args.warmup + args.rounds * args.steps,
+            seed=args.seed,
+            output_dir=str(Path(tmp) / "adrpo"),
+            report_to=["none"],
+            progress_bar=False,
+            checkpoint_steps=0,
+        )
+        trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+        device, n = trainer.device, args.prompts_per_step * args.group_size
+
+        # One batch of the step's shapes: prompt-major prompts, (N, D) states, (N,) times.
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        prompts = [p for p in task.train_prompts[: args.prompts_per_step] for _ in range(args.group_size)]
+        cond = trainer.policy.encode_prompts(prompts)  # (N, F)
+        shape = (n, *trainer.policy.data_shape)
+        x0 = torch.randn(shape, generator=generator, device=device)
+        x_t = torch.randn(shape, generator=generator, device=device)
+        u_t = torch.randn(shape, generator=generator, device=device)
+        t = torch.rand(n, generator=generator, device=device)
+        advantages = torch.randn(n, generator=generator, device=device).clamp(-config.beta0, config.beta0)
+        coefficient = config.beta0 - advantages
+        v_ref = trainer.reference_velocity(x_t, t, cond)
+
+        student = copy.deepcopy(trainer.policy).train()
+        optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+        def sampling() -> torch.Tensor:
+            return sample_euler(
+                trainer.policy, cond, x0,
+                num_steps=config.sampling_steps, guidance_scale=config.guidance_scale, shift=config.time_shift,
+            )
+
+        def policy_update() -> None:
+            v = student(x_t, t, cond)
+            match = (v - u_t).pow(2).flatten(1).mean(dim=1)  # (N,)
+            w2 = (v - v_ref).pow(2).flatten(1).mean(dim=1)  # (N,)
+            (advantages * match + coefficient * w2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        measurements: dict[str, Callable[[], object]] = {
+            "full step": trainer.step,
+            "(a) sampling": sampling,
+            "(b) policy fwd+bwd+AdamW": policy_update,
+            "(c) reference fwd": lambda: trainer.reference_velocity(x_t, t, cond),
+        }
+        names = list(measurements)
+        for fn in measurements.values():
+            timed_calls(fn, args.warmup)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(args.rounds):
+            shift = round_ % len(names)  # rotate the block order so drift hits every measurement
+            for name in names[shift:] + names[:shift]:
+                gc.collect()
+                times[name] += timed_calls(measurements[name], args.steps)
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    unavoidable = sum(medians[name] for name in names[1:])
+    ratio = medians["full step"] / unavoidable
+    print(f"machine: {machine()}")
+    print(f"commit: {git_commit()}")
+    print(
+        f"settings: method=adrpo B={args.prompts_per_step} G={args.group_size} N={n} "
+        f"sampling_steps={args.sampling_steps} guidance={args.guidance_scale} "
+        f"max_grad_norm={config.max_grad_norm} seed={args.seed} rounds={args.rounds} "
+        f"steps/block={args.steps} warmup={args.warmup} (interleaved, rotating order)"
+    )
+    for name in names:
+        values = times[name]
+        print(
+            f"{name:>26}: median {medians[name] * 1e3:8.3f} ms "
+            f"(min {min(values) * 1e3:.3f}, max {max(values) * 1e3:.3f}, n={len(values)})"
+        )
+    print(f"{'unavoidable (a)+(b)+(c)':>26}: {unavoidable * 1e3:8.3f} ms")
+    print(f"ratio full step / unavoidable compute: {ratio:.3f} (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
