@@ -12,11 +12,11 @@ a slow drift of the machine hits both equally) for ``--rounds`` rounds, after
 method's median step time and their ratio. ADRPO's extra work over ORW-CFM-W2 is the
 adaptive coefficient β0 − clip(A) on N scalars, so the target is a ratio ≤ 1.01.
 
-Run (about 35 s on one CPU thread; the first run of the digits task pretrains and caches
+Run (about 40 s on one idle CPU thread; the first run of the digits task pretrains and caches
 its models for ~45 s more)::
 
     .venv/bin/python benchmarks/fm_step_time.py
-    .venv/bin/python benchmarks/fm_step_time.py --rounds 20 --steps 10 --threads 2
+    .venv/bin/python benchmarks/fm_step_time.py --rounds 48 --steps 10 --threads 2
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def machine() -> str:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return (
         f"{platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} | "
-        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device}"
+        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device} | "
+        f"load avg {os.getloadavg()[0]:.2f}"
     )
 
 
@@ -81,8 +82,8 @@ def timed_steps(trainer: FlowTrainer, count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=24, help="Rounds of one block per method.")
-    parser.add_argument("--steps", type=int, default=20, help="Timed steps per block.")
+    parser.add_argument("--rounds", type=int, default=96, help="Rounds of one block per method.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed steps per block.")
     parser.add_argument("--warmup", type=int, default=10, help="Discarded steps per method before timing.")
     parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
     parser.add_argument("--group-size", type=int, default=8, help="G.")

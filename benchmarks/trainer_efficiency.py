@@ -20,11 +20,11 @@ How: after ``--warmup`` discarded calls of each, the four measurements run in bl
 ``--rounds`` rounds; each call is timed alone and the medians over all timed calls are
 reported.
 
-Run (about 35 s on one CPU thread; the first run of the digits task pretrains and caches
+Run (about 40 s on one idle CPU thread; the first run of the digits task pretrains and caches
 its models for ~45 s more)::
 
     .venv/bin/python benchmarks/trainer_efficiency.py
-    .venv/bin/python benchmarks/trainer_efficiency.py --rounds 10 --steps 10 --threads 2
+    .venv/bin/python benchmarks/trainer_efficiency.py --rounds 48 --steps 10 --threads 2
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def machine() -> str:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return (
         f"{platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} | "
-        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device}"
+        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device} | "
+        f"load avg {os.getloadavg()[0]:.2f}"
     )
 
 
@@ -90,8 +91,8 @@ def timed_calls(fn: Callable[[], object], count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=24, help="Rounds of one block per measurement.")
-    parser.add_argument("--steps", type=int, default=20, help="Timed calls per block.")
+    parser.add_argument("--rounds", type=int, default=96, help="Rounds of one block per measurement.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed calls per block.")
     parser.add_argument("--warmup", type=int, default=10, help="Discarded calls per measurement before timing.")
     parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
     parser.add_argument("--group-size", type=int, default=8, help="G.")
@@ -123,7 +124,8 @@ def main() -> None:
 
         # One batch of the step's shapes: prompt-major prompts, (N, D) states, (N,) times.
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        prompts = [p for p in task.train_prompts[: args.prompts_per_step] for _ in range(args.group_size)]
+        unique = [task.train_prompts[i % len(task.train_prompts)] for i in range(args.prompts_per_step)]
+        prompts = [p for p in unique for _ in range(args.group_size)]
         cond = trainer.policy.encode_prompts(prompts)  # (N, F)
         shape = (n, *trainer.policy.data_shape)
         x0 = torch.randn(shape, generator=generator, device=device)

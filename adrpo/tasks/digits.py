@@ -179,9 +179,9 @@ def _save_atomically(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_or_pretrain(settings: PretrainSettings, *, cache: Path | None = None) -> dict[str, nn.Module]:
+def load_or_pretrain(settings: PretrainSettings, *, cache: str | Path | None = None) -> dict[str, nn.Module]:
     """The three models, from the cache when present, otherwise trained and cached."""
-    path = (cache or cache_root()) / "digits" / f"models-{settings.key()}.pt"
+    path = (Path(cache) if cache else cache_root()) / "digits" / f"models-{settings.key()}.pt"
     if path.exists():
         blob = torch.load(path, weights_only=False)
     else:
@@ -247,7 +247,7 @@ class DigitsTask:
     name = "digits"
 
     def __init__(self, settings: PretrainSettings | dict = PretrainSettings(), *, reward_temperature: float = 4.0,
-                 eval_samples: int = 32, eval_sampling_steps: int = 20, eval_seed: int = 1234, cache: Path | None = None):
+                 eval_samples: int = 32, eval_sampling_steps: int = 20, eval_seed: int = 1234, cache: str | Path | None = None):
         if isinstance(settings, dict):
             settings = PretrainSettings(**settings)
         models = load_or_pretrain(settings, cache=cache)

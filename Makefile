@@ -1,0 +1,35 @@
+# Set-up and the two main commands. `make demo` runs the digits miniature; `make test` the tests.
+# Both create .venv and install the project on first use (torch pinned to the local CPU build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test full ablation bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/adrpo fm compare --preset digits-quick
+
+full: install
+	$(VENV)/bin/adrpo fm compare --preset digits
+
+ablation: install
+	$(VENV)/bin/adrpo fm compare --preset digits-clip-ablation
+
+bench: install
+	$(PY) benchmarks/fm_step_time.py
+	$(PY) benchmarks/trainer_efficiency.py
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

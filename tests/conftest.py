@@ -1,0 +1,95 @@
+"""Shared fixtures of the flow, digits and CLI tests: a tiny velocity model, an analytic
+prompt-dependent reward, a FlowConfig factory and one tiny digits task built once per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from adrpo.flow.config import FlowConfig
+from adrpo.flow.models.mlp import MLPVelocityModel
+
+# On a small shared machine torch's intra-op threads spin against each other; one thread is
+# several times faster for these tiny models and keeps every run deterministic.
+torch.set_num_threads(1)
+
+VOCAB = [["a", "b"], ["x", "y"]]
+PROMPTS = ["a x", "b y", "a y", "b x"]
+DATA_DIM = 4
+
+# Small enough to pretrain in a few seconds, large enough that the classifier separates prompts.
+TINY_SETTINGS = dict(flow_steps=150, classifier_steps=150, autoencoder_steps=150, flow_width=64)
+
+
+def target(prompt: str) -> float:
+    """Where the analytic reward wants a prompt's samples: +1 for "a ...", −1 for "b ..."."""
+    return 1.0 if prompt.split()[0] == "a" else -1.0
+
+
+def target_reward(samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """r(x, c) = −mean_d (x_d − target(c))²: (N, D), N prompts -> (N,)."""
+    goal = torch.tensor([target(p) for p in prompts], device=samples.device).unsqueeze(1)  # (N, 1)
+    return -(samples - goal).pow(2).mean(dim=1)
+
+
+def tiny_model(seed: int = 0) -> MLPVelocityModel:
+    torch.manual_seed(seed)
+    return MLPVelocityModel(DATA_DIM, VOCAB, width=32, depth=1)
+
+
+def make_config(output_dir: Path, **overrides) -> FlowConfig:
+    values = dict(
+        method="adrpo",
+        prompts_per_step=2,
+        group_size=4,
+        sampling_steps=4,
+        num_steps=4,
+        learning_rate=1e-2,
+        checkpoint_steps=0,
+        report_to=["none"],
+        progress_bar=False,
+        output_dir=str(output_dir),
+    )
+    values.update(overrides)
+    return FlowConfig(**values)
+
+
+def fixed_noise(n: int, seed: int = 123) -> torch.Tensor:
+    return torch.randn((n, DATA_DIM), generator=torch.Generator().manual_seed(seed))
+
+
+def params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+@pytest.fixture
+def base_model() -> MLPVelocityModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory) -> Path:
+    """A cache directory holding the tiny pretrained digits models (trained once)."""
+    from adrpo.tasks.digits import PretrainSettings, load_or_pretrain
+
+    cache = tmp_path_factory.mktemp("adrpo-cache")
+    load_or_pretrain(PretrainSettings(**TINY_SETTINGS), cache=cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits_task(digits_cache):
+    from adrpo.tasks.digits import DigitsTask, PretrainSettings
+
+    return DigitsTask(PretrainSettings(**TINY_SETTINGS), eval_samples=4, eval_sampling_steps=4, cache=digits_cache)
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(monkeypatch, tmp_path):
+    """Nothing a test does may train into or read from ~/.cache/adrpo."""
+    monkeypatch.setenv("ADRPO_CACHE", str(tmp_path / "default-cache"))
+
