@@ -22,7 +22,7 @@ import yaml
 def preset_path(name: str) -> Path:
     path = Path(str(resources.files("adrpo") / "configs" / f"{name}.yaml"))
     if not path.exists():
-        raise SystemExit(f"adrpo: unknown preset {name!r}; available: {', '.join(list_presets())}")
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
     return path
 
 
@@ -34,7 +34,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     with open(path) as handle:
         values = yaml.safe_load(handle) or {}
     if not isinstance(values, dict):
-        raise SystemExit(f"adrpo: {path} must hold a YAML mapping")
+        raise ValueError(f"{path} must hold a YAML mapping")
     return values
 
 
@@ -43,20 +43,20 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"adrpo: --set expects key=value, got {item!r}")
+            raise ValueError(f"--set expects key=value, got {item!r}")
         *parents, leaf = key.split(".")
         node = values
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SystemExit(f"adrpo: --set {item!r}: {part!r} is not a mapping")
+                raise ValueError(f"--set {item!r}: {part!r} is not a mapping")
         node[leaf] = yaml.safe_load(raw)
     return values
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     if (args.config is None) == (args.preset is None):
-        raise SystemExit("adrpo: give exactly one of --config or --preset")
+        raise ValueError("give exactly one of --config or --preset")
     path = Path(args.config) if args.config else preset_path(args.preset)
     return apply_overrides(load_yaml(path), args.set)
 
@@ -84,7 +84,7 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     values = _config_values(args)
     unknown = sorted(set(values) - {"task", "task_args", "trainer", "eval_steps"})
     if unknown:
-        raise SystemExit(f"adrpo: unknown key(s) {unknown} in the train config; known: task, task_args, trainer, eval_steps")
+        raise ValueError(f"unknown key(s) {unknown} in the train config; known: task, task_args, trainer, eval_steps")
     config = FlowConfig.from_dict(values.get("trainer", {}))
     task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)

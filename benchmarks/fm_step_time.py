@@ -117,11 +117,15 @@ def main() -> None:
         for trainer in trainers.values():
             timed_steps(trainer, args.warmup)
         times: dict[str, list[float]] = {method: [] for method in METHODS}
-        for round_ in range(args.rounds):
-            order = METHODS if round_ % 2 == 0 else METHODS[::-1]  # ABBA: cancels slow drift
-            for method in order:
-                gc.collect()
-                times[method] += timed_steps(trainers[method], args.steps)
+        gc.collect()
+        gc.disable()  # as timeit does: a collection costs ~0.1 s here and would land in one step
+        try:
+            for round_ in range(args.rounds):
+                order = METHODS if round_ % 2 == 0 else METHODS[::-1]  # ABBA: cancels slow drift
+                for method in order:
+                    times[method] += timed_steps(trainers[method], args.steps)
+        finally:
+            gc.enable()
 
     medians = {method: statistics.median(values) for method, values in times.items()}
     ratio = medians["adrpo"] / medians["orw_cfm_w2"]

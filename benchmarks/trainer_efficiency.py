@@ -163,11 +163,15 @@ def main() -> None:
         for fn in measurements.values():
             timed_calls(fn, args.warmup)
         times: dict[str, list[float]] = {name: [] for name in names}
-        for round_ in range(args.rounds):
-            shift = round_ % len(names)  # rotate the block order so drift hits every measurement
-            for name in names[shift:] + names[:shift]:
-                gc.collect()
-                times[name] += timed_calls(measurements[name], args.steps)
+        gc.collect()
+        gc.disable()  # as timeit does: a collection costs ~0.1 s here and would land in one call
+        try:
+            for round_ in range(args.rounds):
+                shift = round_ % len(names)  # rotate the block order so drift hits every measurement
+                for name in names[shift:] + names[:shift]:
+                    times[name] += timed_calls(measurements[name], args.steps)
+        finally:
+            gc.enable()
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     unavoidable = sum(medians[name] for name in names[1:])

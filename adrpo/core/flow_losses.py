@@ -222,7 +222,8 @@ def flow_dpo_loss(
         valid: optional (P,) bool; pairs marked False (e.g. reward ties) contribute 0.
 
     Returns:
-        (P,) loss; diagnostics ``pref_acc`` (share of valid pairs with Δ < 0) and ``w2``.
+        (P,) loss; diagnostics ``pref_acc`` (share of valid pairs with Δ < 0; 0 when none
+        is valid) and ``w2``.
     """
     err = squared_error(v, u)
     err_ref = squared_error(v_ref.detach(), u)
@@ -232,7 +233,7 @@ def flow_dpo_loss(
     return FlowLoss(
         per_pair,
         {
-            "pref_acc": (delta.detach() < 0)[valid].float().mean(),
+            "pref_acc": ((delta.detach() < 0) & valid).sum() / valid.sum().clamp_min(1),
             "w2": squared_error(v.detach(), v_ref.detach()).mean(),
         },
     )

@@ -23,6 +23,43 @@ def _help(text: str, default: Any) -> Any:
     return field(default=default, metadata={"help": text})
 
 
+_SCALARS = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Check ``value`` against a field's annotation, converting what YAML leaves as text.
+
+    YAML 1.1 reads ``1e-3`` (no dot) as a string and ``2`` as an int where a float is
+    meant; both are converted. Anything that does not fit is refused by field name.
+    """
+    optional = annotation.endswith(" | None")
+    kind = annotation.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    if kind == "list[str]":
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be {annotation}, got {value!r} (bool)")
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if kind == "int" and isinstance(number, float) and number.is_integer():
+                number = int(number)
+            if isinstance(number, int) or (kind == "float" and isinstance(number, float)):
+                return _SCALARS[kind](number)
+        except ValueError:
+            pass
+    elif isinstance(value, _SCALARS.get(kind, object)):
+        return value
+    raise ValueError(f"{name} must be {annotation}, got {value!r} ({type(value).__name__})")
+
+
 @dataclass
 class FlowConfig:
     """Every knob of one online fine-tuning run; see each field's ``help``.
@@ -73,6 +110,8 @@ class FlowConfig:
     progress_bar: bool = _help("Show a tqdm progress bar.", True)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.beta0 < 0:
@@ -87,7 +126,7 @@ class FlowConfig:
             warnings.warn(
                 f"adv_clip_max ({self.adv_clip_max}) > beta0 ({self.beta0}): the coefficient beta0 - A "
                 "goes negative for the best samples, pushing them away from the reference",
-                stacklevel=2,
+                stacklevel=3,
             )
         if self.advantage_baseline not in BASELINES:
             raise ValueError(f"advantage_baseline must be one of {BASELINES}, got {self.advantage_baseline!r}")

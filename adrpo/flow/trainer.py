@@ -55,13 +55,17 @@ class TrainerState:
         self.step = 0
         self.generator = generator
         self.process_index = process_index
-        self.order = torch.randperm(num_prompts, generator=generator, device=generator.device)
+        self.order = self.permutation(num_prompts)
         self.cursor = 0
         self.snapshot: dict[str, torch.Tensor] | None = None
         self.gathered: list[dict[str, Any]] = []
 
+    def permutation(self, n: int) -> list[int]:
+        """A fresh random order of n prompts (a Python list: no device sync per prompt)."""
+        return torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
+
     def local_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": self.order.cpu(), "cursor": self.cursor}
+        return {"generator": self.generator.get_state(), "order": list(self.order), "cursor": self.cursor}
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "snapshot": self.snapshot, "processes": self.gathered or [self.local_state()]}
@@ -71,7 +75,7 @@ class TrainerState:
         mine = state["processes"][self.process_index]
         self.step = state["step"]
         self.generator.set_state(mine["generator"])
-        self.order = mine["order"].to(device)
+        self.order = list(mine["order"])
         self.cursor = mine["cursor"]
         if state["snapshot"] is not None:
             self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
@@ -150,9 +154,9 @@ class FlowTrainer:
         chosen = []
         for _ in range(self.config.prompts_per_step):
             if self.state.cursor == len(self.state.order):
-                self.state.order = torch.randperm(len(self.train_prompts), generator=self.state.generator, device=self.device)
+                self.state.order = self.state.permutation(len(self.train_prompts))
                 self.state.cursor = 0
-            chosen.append(self.train_prompts[int(self.state.order[self.state.cursor])])
+            chosen.append(self.train_prompts[self.state.order[self.state.cursor]])
             self.state.cursor += 1
         return chosen
 
@@ -181,7 +185,7 @@ class FlowTrainer:
     def reference_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """v_ref(x_t, t, c): (N, *D) -> (N, *D)."""
         with self.reference_context():
-            return (self.reference or self.policy)(x_t, t, cond)
+            return (self.policy if self.reference is None else self.reference)(x_t, t, cond)
 
     @torch.no_grad()
     def sample(
@@ -194,9 +198,15 @@ class FlowTrainer:
         use_reference: bool = False,
     ) -> torch.Tensor:
         """Samples x1 (N, *D) of the current policy (or the reference) for N prompts."""
-        model = self.policy
-        cond = model.encode_prompts(prompts)
+        cond = self.policy.encode_prompts(prompts)
         x0 = self._randn(len(prompts)) if x0 is None else x0.to(self.device)
+        return self._sample(cond, x0, num_steps=num_steps, guidance_scale=guidance_scale, use_reference=use_reference)
+
+    def _sample(
+        self, cond: torch.Tensor, x0: torch.Tensor, *, num_steps: int | None = None,
+        guidance_scale: float | None = None, use_reference: bool = False,
+    ) -> torch.Tensor:
+        model = self.policy
         was_training = model.training
         model.eval()
         with self.reference_context() if use_reference else nullcontext():
@@ -216,12 +226,14 @@ class FlowTrainer:
         """One online step; returns its metrics (floats)."""
         cfg = self.config
         group = cfg.group_size
-        prompts = [p for p in self._next_prompts() for _ in range(group)]  # N = B·G, prompt-major
+        distinct = self._next_prompts()
+        prompts = [p for p in distinct for _ in range(group)]  # N = B·G, prompt-major
         n = len(prompts)
-        with self._sampling_weights():
-            x1 = self.sample(prompts)
+        cond = self.policy.encode_prompts(distinct).repeat_interleave(group, dim=0)  # (B, ...) -> (N, ...)
+        with torch.no_grad(), self._sampling_weights():
+            x1 = self._sample(cond, self._randn(n))
         rewards = validate_rewards(
-            self.reward_fn(x1, prompts), prompts=prompts, method=cfg.method, step=self.state.step, reward=self.reward_label
+            self.reward_fn(x1, prompts), prompts=prompts, method=cfg.method, step=self.state.step + 1, reward=self.reward_label
         ).to(self.device)
         advantages = compute_advantages(rewards, group_size=group, baseline=cfg.advantage_baseline, scale=cfg.advantage_scale)
 
@@ -232,7 +244,6 @@ class FlowTrainer:
             pairs = preference_pairs(rewards, group_size=group)
             t[pairs[1]], x0[pairs[1]] = t[pairs[0]], x0[pairs[0]]
         x_t, u_t = self.path.sample(x0, x1, t)
-        cond = self.policy.encode_prompts(prompts)
         v_ref = self.reference_velocity(x_t, t, cond)
         v = self.model(x_t, t, cond)
         out = self.loss_fn(LossBatch(v, u_t, v_ref, rewards, advantages, group, pairs), cfg)
@@ -248,18 +259,20 @@ class FlowTrainer:
             for name, param in self.trainable.items():
                 self.state.snapshot[name].copy_(param.detach())
 
-        metrics = {
-            "loss": loss.item(),
-            "reward_mean": rewards.mean().item(),
-            "reward_std": rewards.std(correction=0).item(),
-            "w2": squared_error(v.detach(), v_ref).mean().item(),
-            **{key: float(value) for key, value in out.diagnostics.items()},
+        scalars = {
+            "loss": loss.detach(),
+            "reward_mean": rewards.mean(),
+            "reward_std": rewards.std(correction=0),
+            **out.diagnostics,
         }
+        if "w2" not in scalars:
+            scalars["w2"] = squared_error(v.detach(), v_ref).mean()
         if grad_norm is not None:
-            metrics["grad_norm"] = float(grad_norm)
+            scalars["grad_norm"] = grad_norm
         if self.diversity_fn is not None:
-            metrics["diversity"] = grouped_diversity(self.diversity_fn(x1), group_size=group).mean().item()
-        return metrics
+            scalars["diversity"] = grouped_diversity(self.diversity_fn(x1), group_size=group).mean()
+        values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(()) for x in scalars.values()])
+        return dict(zip(scalars, values.tolist()))  # one device sync for all metrics
 
     def train(
         self,

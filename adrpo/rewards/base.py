@@ -36,6 +36,8 @@ def validate_rewards(
 ) -> torch.Tensor:
     """Check and convert a reward's output to a float32 (N,) tensor.
 
+    ``step`` is the step being taken, 1-based like the rows of ``metrics.jsonl``.
+
     Raises:
         RewardError: wrong type, wrong length, or a non-finite value; the message names
             the method, the step, the reward and (for values) the first bad sample.
