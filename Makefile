@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,dev]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,llm,dev]'
 	touch $(STAMP)
 
 demo: install
