@@ -3,6 +3,8 @@
     adrpo fm compare --preset digits-quick           # methods × seeds, table + plot + JSON
     adrpo fm compare --config my.yaml --set trainer.num_steps=50 --seeds 0
     adrpo fm train --config adrpo/configs/digits-train.yaml [--resume]
+    adrpo grpo train --config my-grpo.yaml [--resume]  # ADRPO-GRPO (or stock GRPO) on TRL
+    adrpo grpo compare --preset arithmetic-quick       # GRPO β sweep vs ADRPO on the LLM miniature
     adrpo presets                                     # list the bundled YAML presets
 
 ``--set a.b=value`` overrides any YAML key (values are parsed as YAML: 1e-3, true, [0, 1]).
@@ -97,6 +99,31 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     print(f"run directory: {config.output_dir}")
 
 
+def cmd_grpo_train(args: argparse.Namespace) -> None:
+    from adrpo.llm.recipe import build_trainer
+
+    trainer = build_trainer(_config_values(args))
+    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    trainer.save_model()
+    if trainer.accelerator.is_main_process:
+        print(f"model saved to {trainer.args.output_dir}")
+
+
+def cmd_grpo_compare(args: argparse.Namespace) -> None:
+    from adrpo.experiments.llm_compare import LLMCompareSpec, run_llm_compare
+    from adrpo.experiments.report import LLM_METRICS, final_metrics, markdown_table, write_report
+
+    values = _config_values(args)
+    for name in ("output_dir", "seeds"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    spec = LLMCompareSpec.from_dict(values)
+    results = run_llm_compare(spec)
+    paths = write_report(results, Path(spec.output_dir), llm=True)
+    print(markdown_table(final_metrics(results, LLM_METRICS), metrics=LLM_METRICS))
+    print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adrpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     top = parser.add_subparsers(dest="command", required=True)
@@ -111,10 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = fm.add_parser("train", help="one fine-tuning run from a YAML file")
     train.set_defaults(func=cmd_fm_train)
-    for sub in (compare, train):
+    grpo = top.add_parser("grpo", help="language models: ADRPO-GRPO on TRL").add_subparsers(dest="grpo_command", required=True)
+    grpo_train = grpo.add_parser("train", help="one ADRPO/GRPO run from a YAML file (TRL conventions)")
+    grpo_train.set_defaults(func=cmd_grpo_train)
+    grpo_compare = grpo.add_parser("compare", help="GRPO with fixed β vs ADRPO on the arithmetic miniature")
+    grpo_compare.add_argument("--output-dir", dest="output_dir")
+    grpo_compare.add_argument("--seeds", type=int, nargs="+")
+    grpo_compare.set_defaults(func=cmd_grpo_compare)
+    for sub in (compare, train, grpo_train, grpo_compare):
         sub.add_argument("--preset", help=f"a bundled preset ({', '.join(list_presets())})")
         sub.add_argument("--config", help="a YAML file")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML key (dotted)")
+    for sub in (compare, train, grpo_train):
         sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint(s)")
     return parser
 

@@ -1,4 +1,4 @@
-"""Tables, JSON and plots of a comparison: the paper's Table 1 layout and Figure 3 analog."""
+"""Tables, JSON and plots of a comparison: the paper's Table 1 layout, Figure 3 and Figure 4 analogs."""
 
 from __future__ import annotations
 
@@ -11,22 +11,26 @@ from typing import Any
 
 from adrpo.experiments.compare import BASE_LABEL
 
-# (key, column title, higher is better)
-METRICS = (("reward", "Reward ↑", True), ("diversity", "Diversity ↑", True), ("w2", "W2 to ref. ↓", False))
+# (key, column title, higher is better; None: no better direction, not ranked)
+Metric = tuple[str, str, "bool | None"]
+METRICS: tuple[Metric, ...] = (("reward", "Reward ↑", True), ("diversity", "Diversity ↑", True), ("w2", "W2 to ref. ↓", False))
+LLM_METRICS: tuple[Metric, ...] = (
+    ("reward", "Accuracy ↑", True), ("kl", "KL to ref. ↓", False), ("entropy", "Entropy", None), ("diversity", "Distinct ↑", True),
+)
 
 
-def final_metrics(results: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+def final_metrics(results: dict[str, Any], metrics: Sequence[Metric] = METRICS) -> dict[str, dict[str, list[float]]]:
     """{label: {metric: [value per seed]}} at the last evaluation; the base row is step 0."""
-    table: dict[str, dict[str, list[float]]] = {BASE_LABEL: {key: [] for key, _, _ in METRICS}}
+    table: dict[str, dict[str, list[float]]] = {BASE_LABEL: {key: [] for key, _, _ in metrics}}
     base_seeds: set[int] = set()
     for run in results["runs"]:
         first, last = run["trajectory"][0], run["trajectory"][-1]
         if first["step"] == 0 and run["seed"] not in base_seeds:
             base_seeds.add(run["seed"])
-            for key, _, _ in METRICS:
+            for key, _, _ in metrics:
                 table[BASE_LABEL][key].append(first[key])
-        row = table.setdefault(run["label"], {key: [] for key, _, _ in METRICS})
-        for key, _, _ in METRICS:
+        row = table.setdefault(run["label"], {key: [] for key, _, _ in metrics})
+        for key, _, _ in metrics:
             row[key].append(last[key])
     return table
 
@@ -36,18 +40,20 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown_table(table: dict[str, dict[str, list[float]]], *, digits: int = 3) -> str:
+def markdown_table(table: dict[str, dict[str, list[float]]], *, metrics: Sequence[Metric] = METRICS, digits: int = 3) -> str:
     """Table 1 layout: one row per method, mean ± std over seeds; best in bold, second in italics."""
     labels = list(table)
-    ranked: dict[str, dict[str, int]] = {}
-    for key, _, higher in METRICS:
+    ranked: dict[str, dict[str, int]] = {key: {} for key, _, _ in metrics}
+    for key, _, higher in metrics:
+        if higher is None:
+            continue
         trained = [label for label in labels if label != BASE_LABEL]
         order = sorted(trained, key=lambda label: mean_std(table[label][key])[0], reverse=higher)
         ranked[key] = {label: rank for rank, label in enumerate(order)}
-    lines = ["| Method | " + " | ".join(title for _, title, _ in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines = ["| Method | " + " | ".join(title for _, title, _ in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for label in labels:
         cells = []
-        for key, _, _ in METRICS:
+        for key, _, _ in metrics:
             mean, std = mean_std(table[label][key])
             cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
             rank = ranked[key].get(label)
@@ -108,13 +114,48 @@ def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = Non
     return path
 
 
-def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
-    """Write results.json, table.md and tradeoff.png; returns their paths."""
+def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str] = ("reward", "entropy")) -> Path:
+    """Figure 4 analog: each metric against training step, mean over seeds with a ±std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(run["label"] for run in results["runs"]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.5))
+    for ax, key in zip(axes, keys):
+        for i, label in enumerate(labels):
+            runs = [run["trajectory"] for run in results["runs"] if run["label"] == label]
+            steps = [point["step"] for point in runs[0]]
+            series = [[run[j][key] for run in runs] for j in range(len(steps))]
+            means = [statistics.fmean(values) for values in series]
+            stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in series]
+            color = plt.get_cmap("tab10")(i % 10)
+            ax.plot(steps, means, color=color, label=label, marker="o", markersize=3)
+            ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=color, alpha=0.15)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{key} (held-out prompts)")
+        ax.set_title(f"{key} through training (mean ± std over seeds)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], output_dir: Path, *, llm: bool = False) -> dict[str, Path]:
+    """Write results.json, table.md and the plot (tradeoff.png, or trajectories.png for ``llm``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = final_metrics(results)
-    paths = {"json": output_dir / "results.json", "table": output_dir / "table.md", "plot": output_dir / "tradeoff.png"}
+    metrics = LLM_METRICS if llm else METRICS
+    table = final_metrics(results, metrics)
+    paths = {"json": output_dir / "results.json", "table": output_dir / "table.md",
+             "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png")}
     summary = {label: {key: dict(zip(("mean", "std"), mean_std(values))) for key, values in row.items()} for label, row in table.items()}
     paths["json"].write_text(json.dumps({**results, "summary": summary}, indent=1))
-    paths["table"].write_text(markdown_table(table) + "\n")
-    plot_tradeoff(results, paths["plot"])
+    paths["table"].write_text(markdown_table(table, metrics=metrics) + "\n")
+    if llm:
+        plot_trajectories(results, paths["plot"])
+    else:
+        plot_tradeoff(results, paths["plot"])
     return paths

@@ -1,0 +1,129 @@
+"""GRPO (fixed β) vs ADRPO-GRPO on the arithmetic miniature: methods × seeds, same generations.
+
+A comparison YAML (see ``adrpo/configs/arithmetic-quick.yaml``)::
+
+    task_args: {max_operand: 30}
+    trainer: {max_steps: 60, learning_rate: 5.0e-4, ...}     # ADRPOConfig / GRPOConfig fields
+    eval: {steps: 10, group: 8, prompts: 50}
+    seeds: [0, 1, 2]
+    methods:
+      - {label: "GRPO β=0", trainer: grpo, beta: 0.0}
+      - {label: ADRPO, trainer: adrpo, beta: 0.04}
+
+``trainer: grpo`` is stock TRL GRPOTrainer; ``trainer: adrpo`` is ADRPOTrainer. Every run
+writes TRL's output under ``output_dir/runs/<label>/seed-<s>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+CPU_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "use_cpu": True}
+
+
+@dataclass
+class LLMCompareSpec:
+    methods: list[dict[str, Any]]
+    task_args: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=lambda: {"steps": 10, "group": 8, "prompts": 50})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    output_dir: str = "runs/arithmetic"
+
+    def __post_init__(self) -> None:
+        labels = [m.get("label") for m in self.methods]
+        if not self.methods or None in labels or len(set(labels)) != len(labels):
+            raise ValueError("methods must be a non-empty list with a unique 'label' each")
+        for method in self.methods:
+            if method.get("trainer") not in ("grpo", "adrpo"):
+                raise ValueError(f"method {method['label']!r}: trainer must be 'grpo' or 'adrpo', got {method.get('trainer')!r}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> LLMCompareSpec:
+        with open(path) as handle:
+            return cls.from_dict(yaml.safe_load(handle) or {})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LLMCompareSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown comparison field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def run_dir(self, label: str, seed: int) -> Path:
+        return Path(self.output_dir) / "runs" / re.sub(r"[^A-Za-z0-9.=_-]+", "_", label).strip("_") / f"seed-{seed}"
+
+
+def make_evaluation_callback(reference_path: Path, rows: list[dict], *, steps: int, group: int, max_new_tokens: int, seed: int):
+    """A TrainerCallback that evaluates the policy at step 0, every ``steps`` and at the end."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from adrpo.tasks.arithmetic import evaluate_policy
+
+    reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reference_path)
+
+    class HeldOutEvaluation(TrainerCallback):
+        def __init__(self):
+            self.trajectory: list[dict[str, float]] = []
+
+        def _evaluate(self, state, model):
+            metrics = evaluate_policy(model, reference.to(model.device), tokenizer, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
+            self.trajectory.append({"step": state.global_step, **metrics})
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._evaluate(state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % steps == 0 or state.global_step == state.max_steps:
+                self._evaluate(state, model)
+
+    return HeldOutEvaluation()
+
+
+def run_one(spec: LLMCompareSpec, method: dict[str, Any], seed: int) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from adrpo.llm.config import ADRPOConfig
+    from adrpo.llm.trainer import ADRPOTrainer
+    from adrpo.rewards.text import checked, math_answer_reward
+    from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, split_prompts
+
+    settings = ArithmeticSettings(**spec.task_args)
+    path = base_model_path(settings)
+    train_rows, held_out = split_prompts(settings)
+    overrides = {k: v for k, v in method.items() if k not in ("label", "trainer")}
+    values = {**CPU_DEFAULTS, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
+              **spec.trainer, **overrides, "seed": seed, "output_dir": str(spec.run_dir(method["label"], seed))}
+    config_cls, trainer_cls = (ADRPOConfig, ADRPOTrainer) if method["trainer"] == "adrpo" else (GRPOConfig, GRPOTrainer)
+    args = config_cls(**values)
+    callback = make_evaluation_callback(
+        path, held_out[: spec.eval.get("prompts", 50)], steps=spec.eval.get("steps", 10), group=spec.eval.get("group", 8),
+        max_new_tokens=args.max_completion_length, seed=1000 + seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = trainer_cls(model=str(path), reward_funcs=checked(math_answer_reward), args=args,
+                              train_dataset=Dataset.from_list(train_rows), callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; TRL's logs stay in log_history
+        trainer.train()
+    logged = [row for row in trainer.state.log_history if "reward" in row]
+    return {"label": method["label"], "seed": seed, "trajectory": callback.trajectory,
+            "train_log": [{k: row.get(k) for k in ("step", "reward", "kl", "entropy", "adrpo/coef_mean", "adrpo/frac_clipped")} for row in logged]}
+
+
+def run_llm_compare(spec: LLMCompareSpec) -> dict[str, Any]:
+    jobs = [(method, seed) for seed in spec.seeds for method in spec.methods]
+    runs = [run_one(spec, method, seed) for method, seed in tqdm(jobs, desc="runs", dynamic_ncols=True)]
+    return {"spec": dataclasses.asdict(spec), "runs": runs}

@@ -1,0 +1,81 @@
+"""One GRPO/ADRPO run from a YAML mapping, in TRL's conventions (used by ``adrpo grpo train``).
+
+    model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct      # a hub id or a local folder
+    trainer: adrpo                                      # or grpo (stock TRL, fixed beta)
+    dataset: {path: prompts.jsonl}                      # JSONL/CSV file, or {name: ..., config: ..., split: ...}
+    rewards:                                            # see adrpo.rewards.text.build_reward
+      - {type: math_answer, weight: 1.0}
+      - {type: format, pattern: ".*\\d+", weight: 0.2}
+    peft: {r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}   # optional
+    args: {beta: 0.04, learning_rate: 1.0e-6, ...}      # ADRPOConfig / GRPOConfig fields
+
+On a machine without CUDA, bf16 and gradient checkpointing are turned off unless ``args``
+sets them (TRL's defaults are ~7x slower on a CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args")
+
+
+def load_prompts(spec: dict[str, Any]):
+    """A ``datasets.Dataset`` from ``{path: FILE.jsonl|.csv}`` or ``{name, config?, split?}``."""
+    from datasets import load_dataset
+
+    if "path" in spec:
+        path = Path(spec["path"])
+        kinds = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+        if path.suffix not in kinds:
+            raise ValueError(f"dataset.path {str(path)!r}: expected a .jsonl, .json or .csv file")
+        if not path.exists():
+            raise ValueError(f"dataset.path {str(path)!r} does not exist")
+        dataset = load_dataset(kinds[path.suffix], data_files=str(path), split="train")
+    elif "name" in spec:
+        dataset = load_dataset(spec["name"], spec.get("config"), split=spec.get("split", "train"))
+    else:
+        raise ValueError("dataset needs 'path' (a local file) or 'name' (a datasets id)")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"dataset has no 'prompt' column; columns: {dataset.column_names}")
+    return dataset
+
+
+def build_trainer(values: dict[str, Any]):
+    """The configured ADRPOTrainer or GRPOTrainer, ready to ``train()``."""
+    import torch
+    from trl import GRPOConfig, GRPOTrainer
+
+    from adrpo.llm.config import ADRPOConfig
+    from adrpo.llm.trainer import ADRPOTrainer
+    from adrpo.rewards.text import build_reward
+
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in the grpo config; known: {list(KEYS)}")
+    for key in ("model_name_or_path", "dataset", "rewards"):
+        if key not in values:
+            raise ValueError(f"the grpo config needs {key!r}")
+    kind = values.get("trainer", "adrpo")
+    if kind not in ("adrpo", "grpo"):
+        raise ValueError(f"trainer must be 'adrpo' or 'grpo', got {kind!r}")
+    args = dict(values.get("args", {}))
+    if not torch.cuda.is_available():
+        args.setdefault("bf16", False)
+        args.setdefault("gradient_checkpointing", False)
+    rewards = values["rewards"]
+    if not rewards:
+        raise ValueError("rewards is empty")
+    args.setdefault("reward_weights", [float(r.get("weight", 1.0)) for r in rewards])
+    config = (ADRPOConfig if kind == "adrpo" else GRPOConfig)(**args)
+    peft_config = None
+    if values.get("peft"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**values["peft"])
+    trainer_cls = ADRPOTrainer if kind == "adrpo" else GRPOTrainer
+    return trainer_cls(
+        model=values["model_name_or_path"], reward_funcs=[build_reward(r) for r in rewards], args=config,
+        train_dataset=load_prompts(values["dataset"]), peft_config=peft_config,
+    )
