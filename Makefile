@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test full ablation bench clean
+.PHONY: install demo test full ablation llm-demo bench clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,llm,dev]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,llm,embed,dev]'
 	touch $(STAMP)
 
 demo: install
@@ -24,9 +24,13 @@ full: install
 ablation: install
 	$(VENV)/bin/adrpo fm compare --preset digits-clip-ablation
 
+llm-demo: install
+	$(VENV)/bin/adrpo grpo compare --preset arithmetic-quick
+
 bench: install
 	$(PY) benchmarks/fm_step_time.py
 	$(PY) benchmarks/trainer_efficiency.py
+	$(PY) benchmarks/grpo_step_time.py
 
 test: install
 	$(PY) -m pytest

@@ -214,6 +214,12 @@ def test_presets_lists_bundled_presets(capsys):
 def test_bundled_presets_are_valid():
     for name in cli.list_presets():
         values = cli.load_yaml(cli.preset_path(name))
+        if name.startswith("arithmetic"):  # a `grpo compare` config: every method's TRL config builds
+            from adrpo.experiments.llm_compare import LLMCompareSpec
+
+            spec = LLMCompareSpec.from_dict(values)
+            assert {m["trainer"] for m in spec.methods} == {"grpo", "adrpo"}
+            continue
         if "methods" not in values:  # a single-run `fm train` config
             assert set(values) <= {"task", "task_args", "trainer", "eval_steps"}
             FlowConfig.from_dict(values["trainer"])

@@ -45,6 +45,23 @@ class LLMCompareSpec:
         for method in self.methods:
             if method.get("trainer") not in ("grpo", "adrpo"):
                 raise ValueError(f"method {method['label']!r}: trainer must be 'grpo' or 'adrpo', got {method.get('trainer')!r}")
+            try:
+                self.run_args(method, seed=self.seeds[0])  # validates every method now, not mid-comparison
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"method {method['label']!r}: {err}") from err
+
+    def run_args(self, method: dict[str, Any], *, seed: int):
+        """The GRPOConfig (``trainer: grpo``) or ADRPOConfig of one (method, seed) run."""
+        from trl import GRPOConfig
+
+        from adrpo.llm.config import ADRPOConfig
+
+        overrides = {k: v for k, v in method.items() if k not in ("label", "trainer")}
+        values = {**CPU_DEFAULTS, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
+                  **self.trainer, **overrides, "seed": seed, "output_dir": str(self.run_dir(method["label"], seed))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return (ADRPOConfig if method["trainer"] == "adrpo" else GRPOConfig)(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> LLMCompareSpec:
@@ -93,9 +110,8 @@ def make_evaluation_callback(reference_path: Path, rows: list[dict], *, steps: i
 def run_one(spec: LLMCompareSpec, method: dict[str, Any], seed: int) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from adrpo.llm.config import ADRPOConfig
     from adrpo.llm.trainer import ADRPOTrainer
     from adrpo.rewards.text import checked, math_answer_reward
     from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, split_prompts
@@ -103,11 +119,8 @@ def run_one(spec: LLMCompareSpec, method: dict[str, Any], seed: int) -> dict[str
     settings = ArithmeticSettings(**spec.task_args)
     path = base_model_path(settings)
     train_rows, held_out = split_prompts(settings)
-    overrides = {k: v for k, v in method.items() if k not in ("label", "trainer")}
-    values = {**CPU_DEFAULTS, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
-              **spec.trainer, **overrides, "seed": seed, "output_dir": str(spec.run_dir(method["label"], seed))}
-    config_cls, trainer_cls = (ADRPOConfig, ADRPOTrainer) if method["trainer"] == "adrpo" else (GRPOConfig, GRPOTrainer)
-    args = config_cls(**values)
+    args = spec.run_args(method, seed=seed)
+    trainer_cls = ADRPOTrainer if method["trainer"] == "adrpo" else GRPOTrainer
     callback = make_evaluation_callback(
         path, held_out[: spec.eval.get("prompts", 50)], steps=spec.eval.get("steps", 10), group=spec.eval.get("group", 8),
         max_new_tokens=args.max_completion_length, seed=1000 + seed,

@@ -44,6 +44,17 @@ class PerSampleBeta(float):
 
     __rmul__ = __mul__
 
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """``tensor * beta`` reaches torch first: multiply by the coefficient there too; any
+        other torch use of the value sees the plain float β0."""
+        kwargs = kwargs or {}
+        per_sample = func in (torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul, torch.mul)
+        args = tuple(
+            (a.coefficient.to(args[0].dtype) if per_sample else float(a)) if isinstance(a, cls) else a for a in args
+        )
+        return func(*args, **kwargs)
+
 
 class ADRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose KL coefficient is β0 − clip(adv_coef_scale·A) per completion.

@@ -26,7 +26,7 @@ from adrpo.rewards.base import RewardError
 
 TextReward = Callable[..., list]
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")  # thousands separators allowed: 1,000
 
 
 def completion_text(completion: Any) -> str:
@@ -65,7 +65,7 @@ def checked(fn: TextReward, *, name: str | None = None) -> TextReward:
 def last_number(text: str) -> float | None:
     """The last number written in ``text`` (e.g. the final answer), or None."""
     found = _NUMBER.findall(text)
-    return float(found[-1]) if found else None
+    return float(found[-1].replace(",", "")) if found else None
 
 
 def math_answer_reward(prompts, completions, answer, **kwargs) -> list[float]:
@@ -79,7 +79,10 @@ def math_answer_reward(prompts, completions, answer, **kwargs) -> list[float]:
 
 def format_reward(pattern: str) -> TextReward:
     """A reward of 1.0 for completions that fully match the regex ``pattern`` (re.DOTALL), else 0.0."""
-    compiled = re.compile(pattern, re.DOTALL)
+    try:
+        compiled = re.compile(pattern, re.DOTALL)
+    except re.error as err:
+        raise ValueError(f"format reward: invalid pattern {pattern!r} ({err})") from err
 
     def format_match(prompts, completions, **kwargs) -> list[float]:
         return [float(compiled.fullmatch(completion_text(c)) is not None) for c in completions]
@@ -156,10 +159,14 @@ def build_reward(spec: dict[str, Any]) -> TextReward:
     """
     kind = spec.get("type")
     options = {k: v for k, v in spec.items() if k not in ("type", "weight")}
+    allowed = {"math_answer": set(), "format": {"pattern"}, "sequence_classifier": {"model", "device", "batch_size"},
+               "embedding_similarity": {"model", "target_column"}, "callable": {"path"}}
+    if kind in allowed and set(options) - allowed[kind]:
+        raise ValueError(f"reward of type {kind!r}: unknown field(s) {sorted(set(options) - allowed[kind])}; allowed: {sorted(allowed[kind])}")
     builders: dict[str, Callable[[], TextReward]] = {
         "math_answer": lambda: math_answer_reward,
         "format": lambda: format_reward(options["pattern"]),
-        "sequence_classifier": lambda: sequence_classifier_reward(options["model"]),
+        "sequence_classifier": lambda: sequence_classifier_reward(options["model"], **{k: v for k, v in options.items() if k != "model"}),
         "embedding_similarity": lambda: embedding_similarity_reward(options["model"], **{k: v for k, v in options.items() if k != "model"}),
         "callable": lambda: import_callable(options["path"]),
     }

@@ -1,0 +1,105 @@
+"""ADRPOTrainer vs stock TRL GRPOTrainer: training-step time on the same tiny model and data.
+
+Both trainers are built from one saved tiny Qwen2 (character tokenizer, offline) with the
+same GRPOConfig fields and β = β0 = 0.04, so both compute the reference log-probabilities
+and the KL; ADRPO only adds the per-sample coefficient. Blocks of ``--steps`` optimizer steps
+alternate between the two trainers (ABBA order) for ``--rounds`` rounds; a callback records
+each step's wall time (generation, scoring, loss, backward, optimizer), the first ``--warmup``
+steps of every block are dropped, and the medians are compared.
+
+    .venv/bin/python benchmarks/grpo_step_time.py            # ~1 minute on one CPU thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+import warnings
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from adrpo.llm.config import ADRPOConfig
+from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
+from adrpo.llm.trainer import ADRPOTrainer
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def digit_count_reward(completions, **kwargs):
+    return [float(c.count("7")) for c in completions]
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per block")
+    parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each block")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    warnings.simplefilter("ignore")
+
+    workdir = tempfile.mkdtemp(prefix="adrpo-bench-")
+    tokenizer = char_tokenizer(list("0123456789+="))
+    path = save_model_and_tokenizer(tiny_causal_lm("qwen2", len(tokenizer), hidden=64, seed=opts.seed), tokenizer, os.path.join(workdir, "tiny"))
+    dataset = Dataset.from_list([{"prompt": f"{a}+{b}="} for a in range(10) for b in range(10)])
+    common = dict(per_device_train_batch_size=16, num_generations=8, max_completion_length=6, max_steps=opts.steps,
+                  learning_rate=1e-4, beta=0.04, bf16=False, gradient_checkpointing=False, use_cpu=True,
+                  report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=opts.seed)
+    timers = {"adrpo": StepTimer(), "grpo": StepTimer()}
+
+    def build(name: str):
+        config_cls, trainer_cls = (ADRPOConfig, ADRPOTrainer) if name == "adrpo" else (GRPOConfig, GRPOTrainer)
+        args = config_cls(output_dir=os.path.join(workdir, name), **common)
+        trainer = trainer_cls(model=str(path), reward_funcs=digit_count_reward, args=args, train_dataset=dataset, callbacks=[timers[name]])
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    trainers = {name: build(name) for name in timers}
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for round_index in range(opts.rounds):
+        order = ("adrpo", "grpo") if round_index % 2 == 0 else ("grpo", "adrpo")
+        for name in order:
+            timers[name].times.clear()
+            trainers[name].train()
+            samples[name].extend(timers[name].times[opts.warmup :])
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"machine: {platform.platform()} | {platform.machine()} | cpus {os.cpu_count()} | torch {torch.__version__} | "
+          f"threads {torch.get_num_threads()} | load avg {os.getloadavg()[0]:.2f}")
+    print(f"commit: {commit()}")
+    print(f"settings: tiny qwen2 hidden=64, batch 16 completions (G=8), 6 tokens, beta=0.04, rounds={opts.rounds} "
+          f"steps/block={opts.steps} warmup={opts.warmup} (ABBA), seed={opts.seed}")
+    for name, values in samples.items():
+        print(f"  {name:>5}: median {1000 * medians[name]:8.3f} ms/step (min {1000 * min(values):.3f}, max {1000 * max(values):.3f}, n={len(values)})")
+    print(f"ratio adrpo/grpo step time: {medians['adrpo'] / medians['grpo']:.3f} (target <= 1.02)")
+
+
+if __name__ == "__main__":
+    main()
