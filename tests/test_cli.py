@@ -214,6 +214,14 @@ def test_presets_lists_bundled_presets(capsys):
 def test_bundled_presets_are_valid():
     for name in cli.list_presets():
         values = cli.load_yaml(cli.preset_path(name))
+        if name.startswith("grpo-"):  # a `grpo train` recipe: known keys, and its TRL config builds
+            from adrpo.llm.config import ADRPOConfig
+            from adrpo.llm.recipe import KEYS
+
+            assert set(values) <= set(KEYS) and values["trainer"] == "adrpo"
+            args = {**values["args"], "bf16": False, "use_cpu": True}
+            assert ADRPOConfig(**args).beta == 0.04
+            continue
         if name.startswith("arithmetic"):  # a `grpo compare` config: every method's TRL config builds
             from adrpo.experiments.llm_compare import LLMCompareSpec
 

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from adrpo.cache import cache_root
-from adrpo.core.flow_losses import cfm_loss, squared_error
-from adrpo.core.metrics import grouped_diversity
+from adrpo.core.flow_losses import cfm_loss
 from adrpo.core.paths import StraightPath
 from adrpo.flow.models.mlp import MLPVelocityModel
+from adrpo.tasks.evaluation import evaluate_flow_policy
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 STYLES = ("bold", "thin")
@@ -273,19 +273,14 @@ class DigitsTask:
         """Diversity embedding: (N, 64) -> (N, 16) autoencoder codes of the clamped samples."""
         return self.autoencoder.encoder(samples.clamp(-1, 1).to(next(self.autoencoder.parameters()).device))
 
-    @torch.no_grad()
     def evaluate(self, trainer) -> dict[str, float]:
         """Held-out reward, diversity and W2 proxy of a trainer's current policy.
 
         W2 proxy: mean ‖v_θ − v_ref‖² over (x_t, t) on straight paths from fixed noise to the
         policy's own held-out samples.
         """
-        x1 = trainer.sample(self.eval_prompts, x0=self.eval_x0, num_steps=self.eval_sampling_steps)
-        rewards = self.reward(x1, self.eval_prompts)
-        device = x1.device
-        t = self.eval_t.to(device)
-        x_t = StraightPath().interpolate(self.eval_noise.to(device), x1, t)
-        cond = trainer.policy.encode_prompts(self.eval_prompts)
-        w2 = squared_error(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
-        diversity = grouped_diversity(self.embed(x1), group_size=self.eval_group)
-        return {"reward": rewards.mean().item(), "diversity": diversity.mean().item(), "w2": w2.mean().item()}
+        metrics, _ = evaluate_flow_policy(
+            trainer, self.eval_prompts, x0=self.eval_x0, noise=self.eval_noise, t=self.eval_t,
+            reward=self.reward, embed=self.embed, group=self.eval_group, num_steps=self.eval_sampling_steps,
+        )
+        return metrics

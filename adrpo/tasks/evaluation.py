@@ -1,0 +1,49 @@
+"""Held-out evaluation shared by the flow tasks: reward, diversity and W2 proxy of a policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from adrpo.core.flow_losses import squared_error
+from adrpo.core.metrics import grouped_diversity
+from adrpo.core.paths import StraightPath
+
+
+@torch.no_grad()
+def evaluate_flow_policy(
+    trainer,
+    prompts: Sequence[str],
+    *,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    reward: Callable[[torch.Tensor, Sequence[str]], torch.Tensor],
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    group: int,
+    num_steps: int,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of a FlowTrainer's current policy on fixed noise, and its samples.
+
+    Args:
+        prompts: N prompt-major prompts (G = ``group`` samples of each).
+        x0: (N, *D) sampling noise; noise, t: (N, *D) and (N,) for the W2 proxy's paths.
+
+    Returns:
+        {"reward": mean reward, "diversity": mean over prompts of the mean pairwise embedding
+        distance, "w2": mean ‖v_θ − v_ref‖² over x_t on straight paths from ``noise`` to the
+        policy's own samples}, and the (N, *D) samples.
+    """
+    x1 = trainer.sample(prompts, x0=x0, num_steps=num_steps)
+    device = x1.device
+    t = t.to(device)
+    x_t = StraightPath().interpolate(noise.to(device), x1, t)
+    cond = trainer.policy.encode_prompts(prompts)
+    w2 = squared_error(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
+    metrics = {
+        "reward": reward(x1, prompts).mean().item(),
+        "diversity": grouped_diversity(embed(x1), group_size=group).mean().item(),
+        "w2": w2.mean().item(),
+    }
+    return metrics, x1
