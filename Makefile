@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test full ablation llm-demo smollm2-demo bench clean
+.PHONY: install demo test full ablation llm-demo smollm2-demo sd3-tiny bench clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,llm,embed,dev]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,llm,embed,sd3,dev]'
 	touch $(STAMP)
 
 demo: install
@@ -32,10 +32,15 @@ smollm2-demo: install
 	$(PY) -m pip install -q -c requirements/constraints.txt gguf
 	$(VENV)/bin/adrpo grpo train --preset grpo-smollm2
 
+sd3-tiny: install
+	$(VENV)/bin/adrpo fm make-tiny-sd3 runs/tiny-sd3
+	$(VENV)/bin/adrpo fm train --preset sd3-tiny
+
 bench: install
 	$(PY) benchmarks/fm_step_time.py
 	$(PY) benchmarks/trainer_efficiency.py
 	$(PY) benchmarks/grpo_step_time.py
+	$(PY) benchmarks/lora_memory.py
 
 test: install
 	$(PY) -m pytest

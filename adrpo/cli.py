@@ -3,6 +3,7 @@
     adrpo fm compare --preset digits-quick           # methods × seeds, table + plot + JSON
     adrpo fm compare --config my.yaml --set trainer.num_steps=50 --seeds 0
     adrpo fm train --config adrpo/configs/digits-train.yaml [--resume]
+    adrpo fm make-tiny-sd3 runs/tiny-sd3 && adrpo fm train --preset sd3-tiny   # SD3 path on a CPU
     adrpo grpo train --config my-grpo.yaml [--resume]  # ADRPO-GRPO (or stock GRPO) on TRL
     adrpo grpo compare --preset arithmetic-quick       # GRPO β sweep vs ADRPO on the LLM miniature
     adrpo presets                                     # list the bundled YAML presets
@@ -63,6 +64,14 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     return apply_overrides(load_yaml(path), args.set)
 
 
+def _relative_to_config(args: argparse.Namespace, path: str) -> str:
+    """Data files named in a YAML are relative to that file (absolute paths stay)."""
+    if Path(path).is_absolute():
+        return path
+    base = Path(args.config).parent if args.config else preset_path(args.preset).parent
+    return str(base / path)
+
+
 def cmd_fm_compare(args: argparse.Namespace) -> None:
     from adrpo.experiments.compare import CompareSpec, run_compare
     from adrpo.experiments.report import markdown_table, final_metrics, write_report
@@ -87,6 +96,10 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     unknown = sorted(set(values) - {"task", "task_args", "trainer", "eval_steps"})
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in the train config; known: task, task_args, trainer, eval_steps")
+    task_args = values.setdefault("task_args", {})
+    for key in ("prompts", "eval_prompts"):
+        if isinstance(task_args.get(key), str):
+            task_args[key] = _relative_to_config(args, task_args[key])
     config = FlowConfig.from_dict(values.get("trainer", {}))
     task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
@@ -99,14 +112,20 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     print(f"run directory: {config.output_dir}")
 
 
+def cmd_fm_make_tiny_sd3(args: argparse.Namespace) -> None:
+    from adrpo.tasks.text_to_image import build_tiny_sd3
+
+    pipeline_dir, clip_dir = build_tiny_sd3(args.folder)
+    print(f"tiny SD3 pipeline: {pipeline_dir}\ntiny CLIP model:   {clip_dir}")
+
+
 def cmd_grpo_train(args: argparse.Namespace) -> None:
     from adrpo.llm.recipe import build_trainer
 
     values = _config_values(args)
     dataset = values.get("dataset")
-    if isinstance(dataset, dict) and "path" in dataset and not Path(dataset["path"]).is_absolute():
-        base = Path(args.config).parent if args.config else preset_path(args.preset).parent
-        dataset["path"] = str(base / dataset["path"])  # dataset paths are relative to the YAML file
+    if isinstance(dataset, dict) and "path" in dataset:
+        dataset["path"] = _relative_to_config(args, dataset["path"])
     trainer = build_trainer(values)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     trainer.save_model()
@@ -143,18 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = fm.add_parser("train", help="one fine-tuning run from a YAML file")
     train.set_defaults(func=cmd_fm_train)
-    grpo = top.add_parser("grpo", help="language models: ADRPO-GRPO on TRL").add_subparsers(dest="grpo_command", required=True)
+    tiny = fm.add_parser("make-tiny-sd3", help="write a tiny random SD3 pipeline and CLIP model (CPU tests, sd3-tiny preset)")
+    tiny.add_argument("folder")
+    tiny.set_defaults(func=cmd_fm_make_tiny_sd3)
+    grpo_parser = top.add_parser("grpo", help="language models: ADRPO-GRPO on TRL (`adrpo grpo --config F` = `adrpo grpo train --config F`)")
+    grpo_parser.set_defaults(func=cmd_grpo_train)
+    grpo = grpo_parser.add_subparsers(dest="grpo_command")
     grpo_train = grpo.add_parser("train", help="one ADRPO/GRPO run from a YAML file (TRL conventions)")
     grpo_train.set_defaults(func=cmd_grpo_train)
     grpo_compare = grpo.add_parser("compare", help="GRPO with fixed β vs ADRPO on the arithmetic miniature")
     grpo_compare.add_argument("--output-dir", dest="output_dir")
     grpo_compare.add_argument("--seeds", type=int, nargs="+")
     grpo_compare.set_defaults(func=cmd_grpo_compare)
-    for sub in (compare, train, grpo_train, grpo_compare):
+    for sub in (compare, train, grpo_parser, grpo_train, grpo_compare):
         sub.add_argument("--preset", help=f"a bundled preset ({', '.join(list_presets())})")
         sub.add_argument("--config", help="a YAML file")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML key (dotted)")
-    for sub in (compare, train, grpo_train):
+    for sub in (compare, train, grpo_parser, grpo_train):
         sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint(s)")
     return parser
 

@@ -72,3 +72,19 @@ def test_grpo_train_reads_dataset_paths_relative_to_the_yaml(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         cli.main(["grpo", "train", "--config", str(tmp_path / "cfg" / "run.yaml")])
     assert captured["dataset"]["path"] == str(tmp_path / "cfg" / "p.jsonl")
+
+
+def test_grpo_config_without_subcommand_is_train(tmp_path, monkeypatch):
+    from adrpo import cli
+
+    (tmp_path / "run.yaml").write_text("model_name_or_path: x\ndataset: {name: some/dataset}\nrewards: [{type: math_answer}]\n")
+    captured = {}
+
+    def fake_build(values):
+        captured.update(values)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("adrpo.llm.recipe.build_trainer", fake_build)
+    with pytest.raises(SystemExit):
+        cli.main(["grpo", "--config", str(tmp_path / "run.yaml"), "--set", "args.max_steps=2"])
+    assert captured["args"] == {"max_steps": 2} and captured["dataset"] == {"name": "some/dataset"}

@@ -18,4 +18,10 @@ def build_task(name: str, args: dict[str, Any], *, seed: int):
         args = dict(args)
         args["eval_seed"] = args.get("eval_seed", 1234) + seed
         return DigitsTask(**args)
-    raise ValueError(f"unknown task {name!r}; available: ['digits']")
+    if name == "text_to_image":
+        from adrpo.tasks.text_to_image import TextToImageTask
+
+        args = dict(args)
+        args["eval_seed"] = args.get("eval_seed", 1234) + seed
+        return TextToImageTask(**args)
+    raise ValueError(f"unknown task {name!r}; available: ['digits', 'text_to_image']")

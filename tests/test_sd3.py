@@ -1,0 +1,155 @@
+"""SD3 through diffusers on tiny random models: conventions, conditioning, LoRA reference,
+CLIP rewards and the `fm train` path (train, resume) on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adrpo import cli
+from adrpo.core.flow_losses import cfm_loss
+from adrpo.core.paths import StraightPath
+from adrpo.flow.config import FlowConfig
+from adrpo.flow.models.sd3 import SD3Velocity, pack_condition, unpack_condition
+from adrpo.flow.trainer import FlowTrainer
+from adrpo.rewards.image import ClipScore, clip_preprocess
+from adrpo.tasks import build_task
+from adrpo.tasks.text_to_image import build_tiny_sd3
+
+PROMPTS = ["a red cat", "a blue dog"]
+LORA = dict(lora_rank=2, lora_alpha=2, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+def make_task(tiny, **overrides):
+    pipeline_dir, clip_dir = tiny
+    args = dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts=PROMPTS,
+                resolution=8, max_sequence_length=8, eval_samples=2, eval_sampling_steps=2, **overrides)
+    return build_task("text_to_image", args, seed=0)
+
+
+class AnalyticTransformer(torch.nn.Module):
+    """Predicts diffusers' target (noise − data) exactly when all data equal one point x1*."""
+
+    def __init__(self, target: torch.Tensor):
+        super().__init__()
+        self.target = target
+        self.config = type("Config", (), {"patch_size": 2, "in_channels": target.shape[0], "pooled_projection_dim": 2})()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, return_dict):
+        sigma = (timestep / 1000).view(-1, 1, 1, 1)
+        return ((hidden_states - self.target) / sigma,)
+
+
+def test_analytic_velocity_of_a_known_path_gives_zero_loss():
+    # x_t = (1 − t)·x0 + t·x1*, so u_t = x1* − x0 = (x1* − x_t)/(1 − t) and diffusers predicts −u_t
+    target = torch.randn(4, 4, 4)
+    model = SD3Velocity(AnalyticTransformer(target), lambda prompts: (torch.zeros(len(prompts), 3, 4), torch.zeros(len(prompts), 2)), resolution=32)
+    x0 = torch.randn(5, 4, 4, 4)
+    t = torch.rand(5) * 0.9 + 0.05
+    x1 = target.expand(5, -1, -1, -1)
+    x_t, u_t = StraightPath().sample(x0, x1, t)
+    loss = cfm_loss(model(x_t, t, model.encode_prompts(["p"] * 5)), u_t).per_sample
+    torch.testing.assert_close(loss, torch.zeros(5), atol=1e-9, rtol=0)
+
+
+def test_condition_packing_round_trips_and_refuses_oversized_pooled():
+    embeds, pooled = torch.randn(3, 5, 8), torch.randn(3, 6)
+    packed = pack_condition(embeds, pooled)
+    assert packed.shape == (3, 6, 8)
+    back_embeds, back_pooled = unpack_condition(packed, 6)
+    assert torch.equal(back_embeds, embeds) and torch.equal(back_pooled, pooled)
+    with pytest.raises(ValueError, match="pooled dim 9 exceeds the embedding dim 8"):
+        pack_condition(embeds, torch.randn(3, 9))
+
+
+def test_prompts_are_encoded_once_and_a_bad_encoder_is_named():
+    calls = []
+
+    def encode(prompts):
+        calls.append(list(prompts))
+        return torch.randn(len(prompts), 3, 4), torch.randn(len(prompts), 2)
+
+    model = SD3Velocity(AnalyticTransformer(torch.zeros(4, 4, 4)), encode, resolution=32)
+    first = model.encode_prompts(["b", "a", "b"])
+    again = model.encode_prompts(["a", "b"])
+    assert calls == [["a", "b"]] and first.shape == (3, 4, 4)
+    assert torch.equal(first[1], again[0]) and torch.equal(first[0], first[2])
+    broken = SD3Velocity(AnalyticTransformer(torch.zeros(4, 4, 4)), lambda p: (torch.randn(1, 3, 4), torch.randn(1, 2)), resolution=32)
+    with pytest.raises(ValueError, match="returned 1 rows for 2 prompts"):
+        broken.encode_prompts(["x", "y"])
+    with pytest.raises(ValueError, match="resolution 30 must be a multiple of 16"):
+        SD3Velocity(AnalyticTransformer(torch.zeros(4, 4, 4)), encode, resolution=30)
+
+
+def test_lora_reference_is_the_base_and_only_adapters_train(tiny, tmp_path):
+    task = make_task(tiny)
+    base = task.pipeline.transformer
+    frozen = {name: p.detach().clone() for name, p in base.named_parameters()}
+    config = FlowConfig(num_steps=2, prompts_per_step=2, group_size=2, sampling_steps=2, time_shift=3.0, learning_rate=1e-2,
+                        output_dir=str(tmp_path), report_to=["none"], progress_bar=False, **LORA)
+    trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+    assert trainer.reference is None and all("lora_" in name for name in trainer.trainable)
+    x_t, t = torch.randn(4, 4, 8, 8), torch.rand(4)
+    cond = trainer.policy.encode_prompts(PROMPTS * 2)
+    assert torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))  # zero-initialised B
+    lora_before = {n: p.detach().clone() for n, p in trainer.trainable.items()}
+    trainer.train()
+    assert any(not torch.equal(lora_before[n], p) for n, p in trainer.trainable.items())
+    for name, param in trainer.policy.named_parameters():
+        key = name.split("transformer.", 1)[-1].replace(".base_layer", "")
+        if "lora_" not in name:
+            assert torch.equal(param, frozen[key]), name
+    assert not torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
+
+
+def test_clip_score_values_and_wrong_image_shape(tiny):
+    reward = ClipScore(str(tiny[1]))
+    images = torch.rand(3, 3, 8, 8)
+    scores = reward(images, ["a red cat"] * 3)
+    direct = 100 * (reward.image_embeddings(images) * reward.text_embeddings(["a red cat"] * 3)).sum(-1)
+    torch.testing.assert_close(scores, direct)
+    assert scores.shape == (3,) and bool((scores.abs() <= 100 + 1e-4).all())
+    torch.testing.assert_close(reward.image_embeddings(images).norm(dim=-1), torch.ones(3))
+    with pytest.raises(ValueError, match=r"images of shape \(N, 3, H, W\).*\(3, 1, 8, 8\)"):
+        reward(torch.rand(3, 1, 8, 8), ["a"] * 3)
+    assert clip_preprocess(images, size=16).shape == (3, 3, 16, 16)
+
+
+def test_task_refuses_bad_arguments_by_name(tiny):
+    pipeline_dir, clip_dir = tiny
+    with pytest.raises(ValueError, match="reward must be"):
+        build_task("text_to_image", dict(pipeline=str(pipeline_dir), reward={"type": "aesthetic"}, prompts=PROMPTS), seed=0)
+    with pytest.raises(ValueError, match="prompts: no prompt file at"):
+        build_task("text_to_image", dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts="missing.txt"), seed=0)
+    with pytest.raises(ValueError, match="unknown task 'sdxl'"):
+        build_task("sdxl", {}, seed=0)
+
+
+def test_fm_train_runs_and_resumes_on_tiny_sd3(tiny, tmp_path, capsys):
+    pipeline_dir, clip_dir = tiny
+    config = tmp_path / "sd3.yaml"
+    values = {
+        "task": "text_to_image",
+        "task_args": {"pipeline": str(pipeline_dir), "reward": {"type": "clip_score", "model": str(clip_dir)}, "prompts": PROMPTS,
+                      "resolution": 8, "max_sequence_length": 8, "eval_samples": 2, "eval_sampling_steps": 2},
+        "eval_steps": 1,
+        "trainer": {"method": "adrpo", "num_steps": 2, "prompts_per_step": 2, "group_size": 2, "sampling_steps": 2,
+                    "time_shift": 3.0, "guidance_scale": 4.5, "checkpoint_steps": 1, "output_dir": str(tmp_path / "run"),
+                    "report_to": ["none"], "progress_bar": False, **LORA},
+    }
+    config.write_text(json.dumps(values))  # JSON is YAML
+    cli.main(["fm", "train", "--config", str(config)])
+    cli.main(["fm", "train", "--config", str(config), "--set", "trainer.num_steps=3", "--resume"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    assert all({"eval/reward", "eval/diversity", "eval/w2"} <= set(row) for row in rows)
+    assert sorted(p.name for p in (tmp_path / "run" / "eval_grids").iterdir()) == [f"step-0000000{i}.png" for i in range(4)]
+    assert "step     3: reward" in capsys.readouterr().out
