@@ -23,49 +23,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from _common import git_commit, machine, sync
+
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.trainer import FlowTrainer
 from adrpo.tasks.digits import DigitsTask
 
 METHODS = ("adrpo", "orw_cfm_w2")
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit} (uncommitted changes)" if dirty else commit
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return (
-        f"{platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} | "
-        f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {device} | "
-        f"load avg {os.getloadavg()[0]:.2f}"
-    )
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def timed_steps(trainer: FlowTrainer, count: int) -> list[float]:

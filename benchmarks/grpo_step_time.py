@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -25,6 +23,8 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+
+from _common import git_commit, machine
 
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
@@ -45,13 +45,6 @@ class StepTimer(TrainerCallback):
 
 def digit_count_reward(completions, **kwargs):
     return [float(c.count("7")) for c in completions]
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -91,9 +84,8 @@ def main() -> None:
             samples[name].extend(timers[name].times[opts.warmup :])
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"machine: {platform.platform()} | {platform.machine()} | cpus {os.cpu_count()} | torch {torch.__version__} | "
-          f"threads {torch.get_num_threads()} | load avg {os.getloadavg()[0]:.2f}")
-    print(f"commit: {commit()}")
+    print(f"machine: {machine()}")
+    print(f"commit: {git_commit()}")
     print(f"settings: tiny qwen2 hidden=64, batch 16 completions (G=8), 6 tokens, beta=0.04, rounds={opts.rounds} "
           f"steps/block={opts.steps} warmup={opts.warmup} (ABBA), seed={opts.seed}")
     for name, values in samples.items():

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import tempfile
 
 import torch
 from diffusers import SD3Transformer2DModel
+
+from _common import git_commit, machine
 
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.models.sd3 import SD3Velocity
@@ -38,13 +38,6 @@ def held_parameter_bytes(trainer: FlowTrainer) -> int:
     if trainer.state.snapshot is not None:
         tensors += list(trainer.state.snapshot.values())
     return sum(storages(tensors).values())
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build(args) -> SD3Velocity:
@@ -71,8 +64,8 @@ def main() -> None:
             trainer = FlowTrainer(config, model, lambda x, p: torch.zeros(len(p)), ["a"])
             adapter_bytes = sum(p.untyped_storage().nbytes() for p in trainer.trainable.values()) if lora else 0
             results[mode] = (base_bytes, adapter_bytes, held_parameter_bytes(trainer))
-    print(f"machine: {platform.platform()} | cpus {os.cpu_count()} | torch {torch.__version__}")
-    print(f"commit: {commit()}")
+    print(f"machine: {machine()}")
+    print(f"commit: {git_commit()}")
     print(f"settings: SD3Transformer2DModel layers={opts.layers} heads={opts.heads} head_dim=64, fp32, LoRA rank {opts.rank} on to_q/to_k/to_v/to_out.0, sampler_refresh_every=2")
     mib = 2**20
     for mode, (base, adapters, held) in results.items():

@@ -56,35 +56,36 @@ def test_embedding_reward_resolves_a_weights_package(monkeypatch):
     assert seen["path"] == "/weights/here"
 
 
-def test_grpo_train_reads_dataset_paths_relative_to_the_yaml(tmp_path, monkeypatch):
+@pytest.fixture
+def captured_recipe(monkeypatch):
+    """The values `adrpo grpo` would build a trainer from (the build itself is skipped)."""
+    captured = {}
+
+    def fake_build(values):
+        captured.update(values)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("adrpo.llm.recipe.build_trainer", fake_build)
+    return captured
+
+
+def test_grpo_train_reads_dataset_paths_relative_to_the_yaml(tmp_path, captured_recipe):
     from adrpo import cli
 
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "p.jsonl").write_text(json.dumps({"prompt": "1+1="}) + "\n")
     (tmp_path / "cfg" / "run.yaml").write_text("model_name_or_path: x\ndataset: {path: p.jsonl}\nrewards: [{type: math_answer}]\n")
-    captured = {}
-
-    def fake_build(values):
-        captured.update(values)
-        raise SystemExit(0)
-
-    monkeypatch.setattr("adrpo.llm.recipe.build_trainer", fake_build)
+    captured = captured_recipe
     with pytest.raises(SystemExit):
         cli.main(["grpo", "train", "--config", str(tmp_path / "cfg" / "run.yaml")])
     assert captured["dataset"]["path"] == str(tmp_path / "cfg" / "p.jsonl")
 
 
-def test_grpo_config_without_subcommand_is_train(tmp_path, monkeypatch):
+def test_grpo_config_without_subcommand_is_train(tmp_path, captured_recipe):
     from adrpo import cli
 
     (tmp_path / "run.yaml").write_text("model_name_or_path: x\ndataset: {name: some/dataset}\nrewards: [{type: math_answer}]\n")
-    captured = {}
-
-    def fake_build(values):
-        captured.update(values)
-        raise SystemExit(0)
-
-    monkeypatch.setattr("adrpo.llm.recipe.build_trainer", fake_build)
+    captured = captured_recipe
     with pytest.raises(SystemExit):
         cli.main(["grpo", "--config", str(tmp_path / "run.yaml"), "--set", "args.max_steps=2"])
     assert captured["args"] == {"max_steps": 2} and captured["dataset"] == {"name": "some/dataset"}

@@ -88,7 +88,7 @@ def test_load_prompts_errors(tmp_path, make, needles):
 def test_load_prompts_needs_a_prompt_column(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text("question,answer\n1+1=,2\n")
-    with pytest.raises(ValueError, match=r"no 'prompt' column; columns: \['question', 'answer'\]"):
+    with pytest.raises(ValueError, match=r"no 'prompt' column \(set dataset.prompt_column\); columns: \['question', 'answer'\]"):
         load_prompts({"path": str(path)})
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from adrpo.settings import from_mapping
 from adrpo.flow.config import FlowConfig
 
 BASE_LABEL = "Base"
@@ -67,11 +68,7 @@ class CompareSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CompareSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown comparison field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "comparison")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CompareSpec:

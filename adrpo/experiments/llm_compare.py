@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from adrpo.settings import from_mapping
+
 CPU_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "use_cpu": True}
 
 
@@ -70,11 +72,7 @@ class LLMCompareSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LLMCompareSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown comparison field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "comparison")
 
     def run_dir(self, label: str, seed: int) -> Path:
         return Path(self.output_dir) / "runs" / re.sub(r"[^A-Za-z0-9.=_-]+", "_", label).strip("_") / f"seed-{seed}"

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from adrpo.settings import from_mapping
 from adrpo.core.advantages import BASELINES, SCALINGS
 
 METHODS = ("adrpo", "orw_cfm_w2", "raft", "flow_dpo")
@@ -150,11 +151,7 @@ class FlowConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FlowConfig:
         """Build from a mapping (e.g. parsed YAML), refusing unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown FlowConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "FlowConfig")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

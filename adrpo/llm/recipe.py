@@ -56,7 +56,7 @@ def build_trainer(values: dict[str, Any]):
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from adrpo.cache import cache_root
+    from adrpo.settings import cache_root
     from adrpo.llm.config import ADRPOConfig
     from adrpo.llm.gguf import resolve_model_path
     from adrpo.llm.trainer import ADRPOTrainer

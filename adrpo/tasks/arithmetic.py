@@ -14,16 +14,14 @@ policy's own samples), the per-token entropy, and diversity = distinct completio
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from adrpo.cache import cache_root
+from adrpo.settings import cache_root, settings_key
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 
 CHARS = list("0123456789+=")
@@ -43,8 +41,7 @@ class ArithmeticSettings:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps({"version": CACHE_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return settings_key(self, CACHE_VERSION)
 
 
 def split_prompts(settings: ArithmeticSettings) -> tuple[list[dict], list[dict]]:

@@ -24,17 +24,15 @@ seen in training, in other combinations) for evaluation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from adrpo.cache import cache_root
+from adrpo.settings import cache_root, settings_key
 from adrpo.core.flow_losses import cfm_loss
 from adrpo.core.paths import StraightPath
 from adrpo.flow.models.mlp import MLPVelocityModel
@@ -106,8 +104,7 @@ class PretrainSettings:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps({"version": CACHE_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return settings_key(self, CACHE_VERSION)
 
 
 def _batches(n: int, batch: int, steps: int, generator: torch.Generator):
