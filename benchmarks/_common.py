@@ -1,10 +1,13 @@
-"""What every benchmark prints beside its ratio: the machine and the commit."""
+"""Shared by the benchmarks: the machine and commit lines, timing, the flow benchmarks' options."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,3 +37,30 @@ def sync() -> None:
     """Wait for queued GPU work so a timer measures it."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def timed_calls(fn: Callable[[], object], count: int) -> list[float]:
+    """Seconds of each of ``count`` consecutive calls of ``fn``."""
+    times = []
+    for _ in range(count):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def flow_step_parser(doc: str, *, what: str) -> argparse.ArgumentParser:
+    """The options both flow-trainer benchmarks take; ``what`` names one timed unit."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=96, help=f"Rounds of one block per {what}.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed calls per block.")
+    parser.add_argument("--warmup", type=int, default=10, help=f"Discarded calls per {what} before timing.")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
+    parser.add_argument("--group-size", type=int, default=8, help="G.")
+    parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps of the sampler.")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance weight.")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the trainers and the synthetic batch.")
+    return parser

@@ -21,16 +21,14 @@ its models for ~45 s more)::
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from _common import git_commit, machine, sync
+from _common import flow_step_parser, git_commit, machine, timed_calls
 
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.trainer import FlowTrainer
@@ -39,29 +37,8 @@ from adrpo.tasks.digits import DigitsTask
 METHODS = ("adrpo", "orw_cfm_w2")
 
 
-def timed_steps(trainer: FlowTrainer, count: int) -> list[float]:
-    """Seconds of each of ``count`` consecutive ``trainer.step()`` calls."""
-    times = []
-    for _ in range(count):
-        sync()
-        start = time.perf_counter()
-        trainer.step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=96, help="Rounds of one block per method.")
-    parser.add_argument("--steps", type=int, default=5, help="Timed steps per block.")
-    parser.add_argument("--warmup", type=int, default=10, help="Discarded steps per method before timing.")
-    parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
-    parser.add_argument("--group-size", type=int, default=8, help="G.")
-    parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps of the sampler.")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance weight.")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of both trainers.")
+    parser = flow_step_parser(__doc__, what="method")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -86,7 +63,7 @@ def main() -> None:
             trainers[method] = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
 
         for trainer in trainers.values():
-            timed_steps(trainer, args.warmup)
+            timed_calls(trainer.step, args.warmup)
         times: dict[str, list[float]] = {method: [] for method in METHODS}
         gc.collect()
         gc.disable()  # as timeit does: a collection costs ~0.1 s here and would land in one step
@@ -94,7 +71,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 order = METHODS if round_ % 2 == 0 else METHODS[::-1]  # ABBA: cancels slow drift
                 for method in order:
-                    times[method] += timed_steps(trainers[method], args.steps)
+                    times[method] += timed_calls(trainers[method].step, args.steps)
         finally:
             gc.enable()
 

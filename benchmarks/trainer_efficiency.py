@@ -29,18 +29,16 @@ its models for ~45 s more)::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from _common import git_commit, machine, sync
+from _common import flow_step_parser, git_commit, machine, timed_calls
 
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.sampler import sample_euler
@@ -48,29 +46,8 @@ from adrpo.flow.trainer import FlowTrainer
 from adrpo.tasks.digits import DigitsTask
 
 
-def timed_calls(fn: Callable[[], object], count: int) -> list[float]:
-    """Seconds of each of ``count`` consecutive calls of ``fn``."""
-    times = []
-    for _ in range(count):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=96, help="Rounds of one block per measurement.")
-    parser.add_argument("--steps", type=int, default=5, help="Timed calls per block.")
-    parser.add_argument("--warmup", type=int, default=10, help="Discarded calls per measurement before timing.")
-    parser.add_argument("--prompts-per-step", type=int, default=8, help="B.")
-    parser.add_argument("--group-size", type=int, default=8, help="G.")
-    parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps of the sampler.")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance weight.")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the trainer and the synthetic batch.")
+    parser = flow_step_parser(__doc__, what="measurement")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
