@@ -93,6 +93,9 @@ class FlowTrainer:
         diversity_fn: optional ``(N, *D) -> (N, E)`` embedder; its per-prompt mean pairwise
             distance is logged as ``diversity``.
         accelerator: an existing Accelerator; by default one is built (CPU without CUDA).
+
+    Like transformers' Trainer, construction seeds Python, NumPy and torch globally
+    (``accelerate.utils.set_seed(config.seed)``), so LoRA initialisation is reproducible.
     """
 
     def __init__(
