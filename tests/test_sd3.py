@@ -29,8 +29,8 @@ def tiny(tmp_path_factory):
 
 def make_task(tiny, **overrides):
     pipeline_dir, clip_dir = tiny
-    args = dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts=PROMPTS,
-                resolution=8, max_sequence_length=8, eval_samples=2, eval_sampling_steps=2, **overrides)
+    args = {**dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts=PROMPTS,
+                   resolution=8, max_sequence_length=8, eval_samples=2, eval_sampling_steps=2), **overrides}
     return build_task("text_to_image", args, seed=0)
 
 
@@ -153,3 +153,24 @@ def test_fm_train_runs_and_resumes_on_tiny_sd3(tiny, tmp_path, capsys):
     assert all({"eval/reward", "eval/diversity", "eval/w2"} <= set(row) for row in rows)
     assert sorted(p.name for p in (tmp_path / "run" / "eval_grids").iterdir()) == [f"step-0000000{i}.png" for i in range(4)]
     assert "step     3: reward" in capsys.readouterr().out
+
+
+def test_weighted_rewards_and_a_non_sd3_pipeline_is_refused(tiny, tmp_path):
+    from adrpo.rewards.image import WeightedSum
+
+    clip = {"type": "clip_score", "model": str(tiny[1])}
+    task = make_task(tiny, reward=[{**clip, "weight": 1.0}, {"type": "pick_score", "model": str(tiny[1]), "weight": 0.5}])
+    assert isinstance(task.reward, WeightedSum) and task.reward.weights == [1.0, 0.5]
+    latents = torch.randn(2, 4, 8, 8)
+    prompts = ["a red cat"] * 2
+    clip_part, pick_part = (r(latents, prompts) for r in task.reward.rewards)
+    torch.testing.assert_close(task.reward(latents, prompts), clip_part + 0.5 * pick_part)
+    assert task.embed(latents).shape[0] == 2  # ClipDiversity from the first CLIP model
+    with pytest.raises(ValueError, match="need one weight per reward"):
+        WeightedSum([clip_part], [])
+
+    fake = tmp_path / "flux"
+    fake.mkdir()
+    (fake / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match="is a 'FluxPipeline'; the text_to_image task supports StableDiffusion3Pipeline"):
+        build_task("text_to_image", dict(pipeline=str(fake), reward=clip, prompts=PROMPTS), seed=0)

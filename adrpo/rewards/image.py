@@ -71,3 +71,18 @@ class ClipScore:
     def __call__(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         cosine = (self.image_embeddings(samples) * self.text_embeddings(prompts)).sum(dim=-1)
         return self.factor * cosine
+
+
+class WeightedSum:
+    """Σ_k w_k·r_k(samples, prompts) of several image rewards: (N, *D), N prompts -> (N,)."""
+
+    __name__ = "weighted_reward"
+
+    def __init__(self, rewards: Sequence[Callable[[torch.Tensor, Sequence[str]], torch.Tensor]], weights: Sequence[float]):
+        if len(rewards) != len(weights) or not rewards:
+            raise ValueError(f"need one weight per reward, got {len(rewards)} rewards and {len(weights)} weights")
+        self.rewards = list(rewards)
+        self.weights = [float(w) for w in weights]
+
+    def __call__(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return sum(w * r(samples, prompts) for r, w in zip(self.rewards, self.weights))

@@ -47,7 +47,13 @@ def load_sd3_pipeline(path: str, dtype: torch.dtype):
     absent = {}
     index = Path(path) / "model_index.json"
     if index.exists():
-        absent = {name: None for name, value in json.loads(index.read_text()).items() if value == [None, None]}
+        entries = json.loads(index.read_text())
+        if entries.get("_class_name") != "StableDiffusion3Pipeline":
+            raise ValueError(
+                f"pipeline {path!r} is a {entries.get('_class_name')!r}; the text_to_image task supports "
+                "StableDiffusion3Pipeline (FLUX is not supported yet)"
+            )
+        absent = {name: None for name, value in entries.items() if value == [None, None]}
     pipeline = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, **absent)
     return pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -57,7 +63,8 @@ class TextToImageTask:
 
     Args:
         pipeline: diffusers SD3 pipeline (hub id or folder).
-        reward: ``{type: clip_score | pick_score, model: CLIP folder or hub id}``.
+        reward: ``{type: clip_score | pick_score, model: CLIP folder or hub id}``, or a list of
+            such entries each with a ``weight`` (their weighted sum; ClipDiversity uses the first).
         prompts: training prompts (list or file); eval_prompts: held-out ones (default: prompts).
         resolution: image side in pixels; dtype: weights of the frozen parts and the transformer.
         max_sequence_length: T5 tokens of the prompt encoding.
@@ -66,21 +73,26 @@ class TextToImageTask:
 
     name = "text_to_image"
 
-    def __init__(self, pipeline: str, reward: dict, prompts: Sequence[str] | str, *, eval_prompts: Sequence[str] | str | None = None,
+    def __init__(self, pipeline: str, reward: dict | list[dict], prompts: Sequence[str] | str, *, eval_prompts: Sequence[str] | str | None = None,
                  resolution: int = 512, dtype: str = "float32", max_sequence_length: int = 256, eval_samples: int = 4,
                  eval_sampling_steps: int = 40, eval_seed: int = 1234):
-        from adrpo.rewards.image import ClipScore
+        from adrpo.rewards.image import ClipScore, WeightedSum
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if reward.get("type") not in REWARD_TYPES or "model" not in reward:
-            raise ValueError(f"reward must be {{type: one of {list(REWARD_TYPES)}, model: PATH}}, got {reward!r}")
+        entries = reward if isinstance(reward, list) else [reward]
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("type") not in REWARD_TYPES or "model" not in entry:
+                raise ValueError(f"reward must be {{type: one of {list(REWARD_TYPES)}, model: PATH}} or a list of them, got {entry!r}")
         self.pipeline = load_sd3_pipeline(pipeline, DTYPES[dtype])
         self.resolution = resolution
         self.max_sequence_length = max_sequence_length
-        decoder = LatentDecoder(self.pipeline.vae)
-        self.reward = ClipScore(reward["model"], decoder=decoder, scale="clip" if reward["type"] == "clip_score" else "logit")
-        self.reward.model.to(self.pipeline.device)
+        self.decoder = LatentDecoder(self.pipeline.vae)
+        scorers = [ClipScore(e["model"], decoder=self.decoder, scale="clip" if e["type"] == "clip_score" else "logit") for e in entries]
+        for scorer in scorers:
+            scorer.model.to(self.pipeline.device)
+        self.clip = scorers[0]
+        self.reward = scorers[0] if len(scorers) == 1 else WeightedSum(scorers, [e.get("weight", 1.0) for e in entries])
         self.train_prompts = read_prompts(prompts, "prompts")
         held_out = read_prompts(eval_prompts, "eval_prompts") if eval_prompts is not None else self.train_prompts
         self.eval_group = eval_samples
@@ -104,7 +116,7 @@ class TextToImageTask:
 
     def embed(self, samples: torch.Tensor) -> torch.Tensor:
         """ClipDiversity embedding: (N, C, h, w) latents -> (N, E) unit-norm CLIP image embeddings."""
-        return self.reward.image_embeddings(samples)
+        return self.clip.image_embeddings(samples)
 
     def evaluate(self, trainer) -> dict[str, float]:
         metrics, samples = evaluate_flow_policy(
@@ -117,7 +129,7 @@ class TextToImageTask:
     def _write_grid(self, trainer, samples: torch.Tensor) -> None:
         from PIL import Image
 
-        images = self.reward.decoder(samples)  # (N, 3, H, W) in [0, 1]
+        images = self.decoder(samples)  # (N, 3, H, W) in [0, 1]
         n, _, h, w = images.shape
         grid = images.view(n // self.eval_group, self.eval_group, 3, h, w).permute(0, 3, 1, 4, 2).reshape(n // self.eval_group * h, self.eval_group * w, 3)
         pixels = (grid * 255).round().byte().cpu().numpy()
