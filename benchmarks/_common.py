@@ -64,3 +64,17 @@ def flow_step_parser(doc: str, *, what: str) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the trainers and the synthetic batch.")
     return parser
+
+
+def digits_trainer(args: argparse.Namespace, task, method: str, output_dir: str):
+    """A FlowTrainer on the digits task with the benchmark options ``args`` (no logging, no checkpoints)."""
+    from adrpo.flow.config import FlowConfig
+    from adrpo.flow.trainer import FlowTrainer
+
+    config = FlowConfig(
+        method=method, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+        sampling_steps=args.sampling_steps, guidance_scale=args.guidance_scale,
+        num_steps=args.warmup + args.rounds * args.steps, seed=args.seed, output_dir=output_dir,
+        report_to=["none"], progress_bar=False, checkpoint_steps=0,
+    )
+    return FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)

@@ -28,10 +28,8 @@ from pathlib import Path
 
 import torch
 
-from _common import flow_step_parser, git_commit, machine, timed_calls
+from _common import digits_trainer, flow_step_parser, git_commit, machine, timed_calls
 
-from adrpo.flow.config import FlowConfig
-from adrpo.flow.trainer import FlowTrainer
 from adrpo.tasks.digits import DigitsTask
 
 METHODS = ("adrpo", "orw_cfm_w2")
@@ -47,20 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
         for method in METHODS:
-            config = FlowConfig(
-                method=method,
-                prompts_per_step=args.prompts_per_step,
-                group_size=args.group_size,
-                sampling_steps=args.sampling_steps,
-                guidance_scale=args.guidance_scale,
-                num_steps=args.warmup + args.rounds * args.steps,
-                seed=args.seed,
-                output_dir=str(Path(tmp) / method),
-                report_to=["none"],
-                progress_bar=False,
-                checkpoint_steps=0,
-            )
-            trainers[method] = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+            trainers[method] = digits_trainer(args, task, method, str(Path(tmp) / method))
 
         for trainer in trainers.values():
             timed_calls(trainer.step, args.warmup)

@@ -38,11 +38,9 @@ from pathlib import Path
 
 import torch
 
-from _common import flow_step_parser, git_commit, machine, timed_calls
+from _common import digits_trainer, flow_step_parser, git_commit, machine, timed_calls
 
-from adrpo.flow.config import FlowConfig
 from adrpo.flow.sampler import sample_euler
-from adrpo.flow.trainer import FlowTrainer
 from adrpo.tasks.digits import DigitsTask
 
 
@@ -54,20 +52,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     task = DigitsTask()
     with tempfile.TemporaryDirectory() as tmp:
-        config = FlowConfig(
-            method="adrpo",
-            prompts_per_step=args.prompts_per_step,
-            group_size=args.group_size,
-            sampling_steps=args.sampling_steps,
-            guidance_scale=args.guidance_scale,
-            num_steps=args.warmup + args.rounds * args.steps,
-            seed=args.seed,
-            output_dir=str(Path(tmp) / "adrpo"),
-            report_to=["none"],
-            progress_bar=False,
-            checkpoint_steps=0,
-        )
-        trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+        trainer = digits_trainer(args, task, "adrpo", str(Path(tmp) / "adrpo"))
+        config = trainer.config
         device, n = trainer.device, args.prompts_per_step * args.group_size
 
         # One batch of the step's shapes: prompt-major prompts, (N, D) states, (N,) times.
