@@ -36,6 +36,12 @@ from adrpo.flow.config import FlowConfig
 BASE_LABEL = "Base"
 
 
+def run_dir(output_dir: str, label: str, seed: int) -> Path:
+    """``output_dir/runs/<label as a file name>/seed-<seed>``."""
+    slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", label).strip("_")
+    return Path(output_dir) / "runs" / slug / f"seed-{seed}"
+
+
 @dataclass
 class CompareSpec:
     """A comparison: shared trainer settings, the methods (each a label plus overrides), seeds."""
@@ -76,8 +82,7 @@ class CompareSpec:
             return cls.from_dict(yaml.safe_load(handle) or {})
 
     def run_dir(self, label: str, seed: int) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", label).strip("_")
-        return Path(self.output_dir) / "runs" / slug / f"seed-{seed}"
+        return run_dir(self.output_dir, label, seed)
 
     def run_config(self, method: dict[str, Any], *, seed: int) -> FlowConfig:
         overrides = {k: v for k, v in method.items() if k != "label"}

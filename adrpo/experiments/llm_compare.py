@@ -17,7 +17,6 @@ writes TRL's output under ``output_dir/runs/<label>/seed-<s>``.
 from __future__ import annotations
 
 import dataclasses
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from adrpo.experiments.compare import run_dir
 from adrpo.settings import from_mapping
 
 CPU_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "use_cpu": True}
@@ -75,7 +75,7 @@ class LLMCompareSpec:
         return from_mapping(cls, values, "comparison")
 
     def run_dir(self, label: str, seed: int) -> Path:
-        return Path(self.output_dir) / "runs" / re.sub(r"[^A-Za-z0-9.=_-]+", "_", label).strip("_") / f"seed-{seed}"
+        return run_dir(self.output_dir, label, seed)
 
 
 def make_evaluation_callback(reference_path: Path, rows: list[dict], *, steps: int, group: int, max_new_tokens: int, seed: int):
