@@ -4,6 +4,7 @@
     adrpo fm compare --config my.yaml --set trainer.num_steps=50 --seeds 0
     adrpo fm train --config adrpo/configs/digits-train.yaml [--resume]
     adrpo fm make-tiny-sd3 runs/tiny-sd3 && adrpo fm train --preset sd3-tiny   # SD3 path on a CPU
+    adrpo fm make-tiny-flux runs/tiny-flux && adrpo fm train --preset flux-tiny  # FLUX path on a CPU
     adrpo grpo train --config my-grpo.yaml [--resume]  # ADRPO-GRPO (or stock GRPO) on TRL
     adrpo grpo compare --preset arithmetic-quick       # GRPO β sweep vs ADRPO on the LLM miniature
     adrpo presets                                     # list the bundled YAML presets
@@ -112,11 +113,12 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     print(f"run directory: {config.output_dir}")
 
 
-def cmd_fm_make_tiny_sd3(args: argparse.Namespace) -> None:
-    from adrpo.tasks.text_to_image import build_tiny_sd3
+def cmd_fm_make_tiny(args: argparse.Namespace) -> None:
+    from adrpo.tasks.text_to_image import build_tiny_flux, build_tiny_sd3
 
-    pipeline_dir, clip_dir = build_tiny_sd3(args.folder)
-    print(f"tiny SD3 pipeline: {pipeline_dir}\ntiny CLIP model:   {clip_dir}")
+    build, family = (build_tiny_sd3, "SD3") if args.family == "sd3" else (build_tiny_flux, "FLUX")
+    pipeline_dir, clip_dir = build(args.folder)
+    print(f"tiny {family} pipeline: {pipeline_dir}\ntiny CLIP model:    {clip_dir}")
 
 
 def cmd_grpo_train(args: argparse.Namespace) -> None:
@@ -162,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = fm.add_parser("train", help="one fine-tuning run from a YAML file")
     train.set_defaults(func=cmd_fm_train)
-    tiny = fm.add_parser("make-tiny-sd3", help="write a tiny random SD3 pipeline and CLIP model (CPU tests, sd3-tiny preset)")
-    tiny.add_argument("folder")
-    tiny.set_defaults(func=cmd_fm_make_tiny_sd3)
+    for family in ("sd3", "flux"):
+        tiny = fm.add_parser(f"make-tiny-{family}", help=f"write a tiny random {family.upper()} pipeline and CLIP model (CPU tests, {family}-tiny preset)")
+        tiny.add_argument("folder")
+        tiny.set_defaults(func=cmd_fm_make_tiny, family=family)
     grpo_parser = top.add_parser("grpo", help="language models: ADRPO-GRPO on TRL (`adrpo grpo --config F` = `adrpo grpo train --config F`)")
     grpo_parser.set_defaults(func=cmd_grpo_train)
     grpo = grpo_parser.add_subparsers(dest="grpo_command")

@@ -93,3 +93,46 @@ def _no_home_cache(monkeypatch, tmp_path):
     """Nothing a test does may train into or read from ~/.cache/adrpo."""
     monkeypatch.setenv("ADRPO_CACHE", str(tmp_path / "default-cache"))
 
+
+
+IMAGE_PROMPTS = ["a red cat", "a blue dog"]
+IMAGE_LORA = dict(lora_rank=2, lora_alpha=2, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> tuple[Path, Path]:
+    """(pipeline folder, CLIP folder) of a tiny random SD3 pipeline, written once."""
+    from adrpo.tasks.text_to_image import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> tuple[Path, Path]:
+    """(pipeline folder, CLIP folder) of a tiny random FLUX pipeline, written once."""
+    from adrpo.tasks.text_to_image import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-flux"))
+
+
+def tiny_image_task(folders: tuple[Path, Path], **overrides):
+    """A text_to_image task on a tiny pipeline with its CLIP-score reward, 8-px images."""
+    from adrpo.tasks import build_task
+
+    pipeline_dir, clip_dir = folders
+    args = dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts=IMAGE_PROMPTS,
+                resolution=8, max_sequence_length=8, eval_samples=2, eval_sampling_steps=2)
+    return build_task("text_to_image", {**args, **overrides}, seed=0)
+
+
+def tiny_image_train_config(folders: tuple[Path, Path], output_dir: Path, **trainer) -> dict:
+    """An `fm train` config (as a mapping) of 2 LoRA steps of ADRPO-FM on a tiny pipeline."""
+    pipeline_dir, clip_dir = folders
+    return {
+        "task": "text_to_image",
+        "task_args": {"pipeline": str(pipeline_dir), "reward": {"type": "clip_score", "model": str(clip_dir)}, "prompts": IMAGE_PROMPTS,
+                      "resolution": 8, "max_sequence_length": 8, "eval_samples": 2, "eval_sampling_steps": 2},
+        "eval_steps": 1,
+        "trainer": {"method": "adrpo", "num_steps": 2, "prompts_per_step": 2, "group_size": 2, "sampling_steps": 2, "checkpoint_steps": 1,
+                    "output_dir": str(output_dir), "report_to": ["none"], "progress_bar": False, **IMAGE_LORA, **trainer},
+    }

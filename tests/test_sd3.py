@@ -12,26 +12,14 @@ from adrpo import cli
 from adrpo.core.flow_losses import cfm_loss
 from adrpo.core.paths import StraightPath
 from adrpo.flow.config import FlowConfig
-from adrpo.flow.models.sd3 import SD3Velocity, pack_condition, unpack_condition
+from adrpo.flow.models.diffusers_common import pack_condition, unpack_condition
+from adrpo.flow.models.sd3 import SD3Velocity
 from adrpo.flow.trainer import FlowTrainer
 from adrpo.rewards.image import ClipScore, clip_preprocess
 from adrpo.tasks import build_task
-from adrpo.tasks.text_to_image import build_tiny_sd3
 
-PROMPTS = ["a red cat", "a blue dog"]
-LORA = dict(lora_rank=2, lora_alpha=2, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+from conftest import IMAGE_LORA as LORA, IMAGE_PROMPTS as PROMPTS, tiny_image_task as make_task, tiny_image_train_config
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
-
-
-def make_task(tiny, **overrides):
-    pipeline_dir, clip_dir = tiny
-    args = {**dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts=PROMPTS,
-                   resolution=8, max_sequence_length=8, eval_samples=2, eval_sampling_steps=2), **overrides}
-    return build_task("text_to_image", args, seed=0)
 
 
 class AnalyticTransformer(torch.nn.Module):
@@ -58,6 +46,22 @@ def test_analytic_velocity_of_a_known_path_gives_zero_loss():
     x_t, u_t = StraightPath().sample(x0, x1, t)
     loss = cfm_loss(model(x_t, t, model.encode_prompts(["p"] * 5)), u_t).per_sample
     torch.testing.assert_close(loss, torch.zeros(5), atol=1e-9, rtol=0)
+
+
+def test_sampler_reproduces_the_sd3_pipeline_with_guidance(tiny_sd3):
+    import numpy as np
+
+    from adrpo.flow.sampler import sample_euler
+
+    task = make_task(tiny_sd3)
+    model = task.base_model()
+    assert model.time_shift == 3.0  # the scheduler's
+    x0 = torch.randn(2, *model.data_shape, generator=torch.Generator().manual_seed(0))
+    ours = sample_euler(model, model.encode_prompts(PROMPTS), x0, num_steps=4, guidance_scale=4.5, shift=model.time_shift)
+    # our grid is the scheduler's shift applied to linspace(1, 1/N, N) (+ the final 0)
+    theirs = task.pipeline(prompt=PROMPTS, height=8, width=8, num_inference_steps=4, sigmas=np.linspace(1.0, 0.25, 4), guidance_scale=4.5,
+                           latents=x0, output_type="latent", max_sequence_length=8).images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
 def test_condition_packing_round_trips_and_refuses_oversized_pooled():
@@ -89,8 +93,8 @@ def test_prompts_are_encoded_once_and_a_bad_encoder_is_named():
         SD3Velocity(AnalyticTransformer(torch.zeros(4, 4, 4)), encode, resolution=30)
 
 
-def test_lora_reference_is_the_base_and_only_adapters_train(tiny, tmp_path):
-    task = make_task(tiny)
+def test_lora_reference_is_the_base_and_only_adapters_train(tiny_sd3, tmp_path):
+    task = make_task(tiny_sd3)
     base = task.pipeline.transformer
     frozen = {name: p.detach().clone() for name, p in base.named_parameters()}
     config = FlowConfig(num_steps=2, prompts_per_step=2, group_size=2, sampling_steps=2, time_shift=3.0, learning_rate=1e-2,
@@ -110,8 +114,8 @@ def test_lora_reference_is_the_base_and_only_adapters_train(tiny, tmp_path):
     assert not torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
 
 
-def test_clip_score_values_and_wrong_image_shape(tiny):
-    reward = ClipScore(str(tiny[1]))
+def test_clip_score_values_and_wrong_image_shape(tiny_sd3):
+    reward = ClipScore(str(tiny_sd3[1]))
     images = torch.rand(3, 3, 8, 8)
     scores = reward(images, ["a red cat"] * 3)
     direct = 100 * (reward.image_embeddings(images) * reward.text_embeddings(["a red cat"] * 3)).sum(-1)
@@ -123,28 +127,24 @@ def test_clip_score_values_and_wrong_image_shape(tiny):
     assert clip_preprocess(images, size=16).shape == (3, 3, 16, 16)
 
 
-def test_task_refuses_bad_arguments_by_name(tiny):
-    pipeline_dir, clip_dir = tiny
-    with pytest.raises(ValueError, match="reward must be"):
-        build_task("text_to_image", dict(pipeline=str(pipeline_dir), reward={"type": "aesthetic"}, prompts=PROMPTS), seed=0)
+def test_task_refuses_bad_arguments_by_name(tiny_sd3):
+    pipeline_dir, clip_dir = tiny_sd3
+    with pytest.raises(ValueError, match=r"reward must be a mapping with type one of \['clip_score'"):
+        build_task("text_to_image", dict(pipeline=str(pipeline_dir), reward={"type": "clip"}, prompts=PROMPTS), seed=0)
+    with pytest.raises(ValueError, match=r"reward\[1\] of type 'aesthetic' needs key\(s\) \['head'\]"):
+        build_task("text_to_image", dict(pipeline=str(pipeline_dir), prompts=PROMPTS,
+                                         reward=[{"type": "clip_score", "model": str(clip_dir)}, {"type": "aesthetic", "model": str(clip_dir)}]), seed=0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['modle'\]"):
+        build_task("text_to_image", dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "modle": "x", "model": "y"}, prompts=PROMPTS), seed=0)
     with pytest.raises(ValueError, match="prompts: no prompt file at"):
         build_task("text_to_image", dict(pipeline=str(pipeline_dir), reward={"type": "clip_score", "model": str(clip_dir)}, prompts="missing.txt"), seed=0)
     with pytest.raises(ValueError, match="unknown task 'sdxl'"):
         build_task("sdxl", {}, seed=0)
 
 
-def test_fm_train_runs_and_resumes_on_tiny_sd3(tiny, tmp_path, capsys):
-    pipeline_dir, clip_dir = tiny
+def test_fm_train_runs_and_resumes_on_tiny_sd3(tiny_sd3, tmp_path, capsys):
     config = tmp_path / "sd3.yaml"
-    values = {
-        "task": "text_to_image",
-        "task_args": {"pipeline": str(pipeline_dir), "reward": {"type": "clip_score", "model": str(clip_dir)}, "prompts": PROMPTS,
-                      "resolution": 8, "max_sequence_length": 8, "eval_samples": 2, "eval_sampling_steps": 2},
-        "eval_steps": 1,
-        "trainer": {"method": "adrpo", "num_steps": 2, "prompts_per_step": 2, "group_size": 2, "sampling_steps": 2,
-                    "time_shift": 3.0, "guidance_scale": 4.5, "checkpoint_steps": 1, "output_dir": str(tmp_path / "run"),
-                    "report_to": ["none"], "progress_bar": False, **LORA},
-    }
+    values = tiny_image_train_config(tiny_sd3, tmp_path / "run", time_shift=3.0, guidance_scale=4.5)
     config.write_text(json.dumps(values))  # JSON is YAML
     cli.main(["fm", "train", "--config", str(config)])
     cli.main(["fm", "train", "--config", str(config), "--set", "trainer.num_steps=3", "--resume"])
@@ -155,11 +155,11 @@ def test_fm_train_runs_and_resumes_on_tiny_sd3(tiny, tmp_path, capsys):
     assert "step     3: reward" in capsys.readouterr().out
 
 
-def test_weighted_rewards_and_a_non_sd3_pipeline_is_refused(tiny, tmp_path):
+def test_weighted_rewards_and_an_unsupported_pipeline_is_refused(tiny_sd3, tmp_path):
     from adrpo.rewards.image import WeightedSum
 
-    clip = {"type": "clip_score", "model": str(tiny[1])}
-    task = make_task(tiny, reward=[{**clip, "weight": 1.0}, {"type": "pick_score", "model": str(tiny[1]), "weight": 0.5}])
+    clip = {"type": "clip_score", "model": str(tiny_sd3[1])}
+    task = make_task(tiny_sd3, reward=[{**clip, "weight": 1.0}, {"type": "pick_score", "model": str(tiny_sd3[1]), "weight": 0.5}])
     assert isinstance(task.reward, WeightedSum) and task.reward.weights == [1.0, 0.5]
     latents = torch.randn(2, 4, 8, 8)
     prompts = ["a red cat"] * 2
@@ -169,8 +169,8 @@ def test_weighted_rewards_and_a_non_sd3_pipeline_is_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="need one weight per reward"):
         WeightedSum([clip_part], [])
 
-    fake = tmp_path / "flux"
+    fake = tmp_path / "sdxl"
     fake.mkdir()
-    (fake / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ValueError, match="is a 'FluxPipeline'; the text_to_image task supports StableDiffusion3Pipeline"):
+    (fake / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(ValueError, match=r"is a 'StableDiffusionXLPipeline'; the text_to_image task supports \['StableDiffusion3Pipeline', 'FluxPipeline'\]"):
         build_task("text_to_image", dict(pipeline=str(fake), reward=clip, prompts=PROMPTS), seed=0)

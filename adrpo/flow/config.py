@@ -87,7 +87,9 @@ class FlowConfig:
     group_size: int = _help("G, samples drawn per prompt.", 8)
     sampling_steps: int = _help("Euler steps of the sampler during training.", 20)
     guidance_scale: float = _help("Classifier-free guidance weight of the sampler (1 = none).", 1.0)
-    time_shift: float = _help("Sampler time-grid shift (3 for SD3, 1 = uniform).", 1.0)
+    time_shift: float | None = _help(
+        "Sampler time-grid shift (1 = uniform); None takes the model's own time_shift (the SD3 scheduler's 3, FLUX's "
+        "resolution-dependent exp(mu)), 1 for models without one.", None)
     sampler_refresh_every: int = _help("K: the sampling policy is a snapshot of the policy refreshed every K steps; 1 is on-policy.", 1)
 
     # Optimisation

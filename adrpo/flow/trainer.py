@@ -219,10 +219,17 @@ class FlowTrainer:
                 x0,
                 num_steps=num_steps or self.config.sampling_steps,
                 guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                shift=self.config.time_shift,
+                shift=self.time_shift,
             )
         model.train(was_training)
         return out
+
+    @property
+    def time_shift(self) -> float:
+        """The sampler's time shift: the config's, else the model's own, else 1 (uniform)."""
+        if self.config.time_shift is not None:
+            return self.config.time_shift
+        return float(getattr(self.policy, "time_shift", 1.0))
 
     # ----------------------------------------------------------------- training
     def step(self) -> dict[str, float]:

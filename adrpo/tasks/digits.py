@@ -281,3 +281,36 @@ class DigitsTask:
             reward=self.reward, embed=self.embed, group=self.eval_group, num_steps=self.eval_sampling_steps,
         )
         return metrics
+
+
+class DigitsImageReward:
+    """The digits reward on RGB images, for text-to-image models prompted with digits prompts.
+
+    (N, 3, H, W) images in [0, 1] (or latents through ``decoder``), N prompts -> (N,). An
+    image is read the way scikit-learn stores its digits, bright ink on a dark ground: the
+    channels are averaged, the image is area-resized to 8×8 and mapped to [−1, 1], and
+    :class:`DigitsReward` scores it against the prompt (e.g. "a bold seven").
+    """
+
+    __name__ = "digits_prompt_alignment"
+
+    def __init__(self, reward: DigitsReward, *, decoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.reward = reward
+        self.decoder = decoder
+
+    @torch.no_grad()
+    def __call__(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        images = self.decoder(samples) if self.decoder is not None else samples
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"the digits image reward expects images of shape (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        gray = images.float().mean(dim=1, keepdim=True)
+        pixels = nn.functional.adaptive_avg_pool2d(gray, 8).flatten(1)  # (N, 64) in [0, 1]
+        return self.reward(pixels * 2 - 1, prompts)
+
+    @classmethod
+    def pretrained(cls, settings: PretrainSettings | dict = PretrainSettings(), *, temperature: float = 4.0,
+                   decoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "DigitsImageReward":
+        """The reward over the cached classifier (trained on first use, like :class:`DigitsTask`)."""
+        if isinstance(settings, dict):
+            settings = PretrainSettings(**settings)
+        return cls(DigitsReward(load_or_pretrain(settings)["classifier"], temperature), decoder=decoder)

@@ -1,15 +1,25 @@
-"""Text-to-image fine-tuning of a diffusers SD3 pipeline with a CLIP-family reward.
+"""Text-to-image fine-tuning of a diffusers SD3 or FLUX.1 pipeline against an image reward.
 
-The task loads ``StableDiffusion3Pipeline`` (a hub id or a folder; T5 may be absent), wraps
-its transformer with :class:`adrpo.flow.models.sd3.SD3Velocity`, scores VAE-decoded samples
-with :class:`adrpo.rewards.image.ClipScore` (the paper's reward; PickScore with
-``type: pick_score``), and measures ClipDiversity: the mean pairwise Euclidean distance of
-unit-norm CLIP image embeddings among the samples of one prompt (range [0, 2]), averaged over
-prompts. Evaluations also write an image grid per call (rows = prompts, columns = samples) to
-``<output_dir>/eval_grids/`` and to TensorBoard when it is a tracker.
+The task loads the pipeline (a hub id or a folder; SD3's T5 may be absent) and wraps its
+transformer as a velocity model (:class:`adrpo.flow.models.sd3.SD3Velocity` or
+:class:`adrpo.flow.models.flux.FluxVelocity`, chosen by the pipeline's class). Samples are
+VAE latents, decoded only for the rewards. Rewards (``reward``: one entry or a weighted list):
 
-``build_tiny_sd3(folder)`` writes a tiny random pipeline and CLIP model for CPU tests and the
-``sd3-tiny`` preset (no hub: tokenizers are built from a character vocabulary).
+    {type: clip_score, model: CLIP}                 the paper's reward, 100·cos(image, text)
+    {type: pick_score, model: PickScore, tokenizer: CLIP-H}
+    {type: aesthetic, model: CLIP-L/14, head: FILE} the LAION aesthetic predictor
+    {type: image_reward, model: ImageReward-v1.0}   needs `pip install image-reward`
+    {type: digits, temperature: 4.0}                the digits miniature's classifier reward
+
+ClipDiversity: the mean pairwise Euclidean distance of unit-norm CLIP image embeddings among
+the samples of one prompt (range [0, 2]), averaged over prompts; the CLIP model is
+``diversity_model`` or else the first CLIP-based reward's. Evaluations also write an image
+grid per call (rows = prompts, columns = samples) to ``<output_dir>/eval_grids/`` and to
+TensorBoard when it is a tracker.
+
+``build_tiny_sd3(folder)`` and ``build_tiny_flux(folder)`` write tiny random pipelines and a
+tiny CLIP model for CPU tests and the ``sd3-tiny`` / ``flux-tiny`` presets (no hub:
+tokenizers are built from a character vocabulary).
 """
 
 from __future__ import annotations
@@ -21,11 +31,20 @@ from pathlib import Path
 
 import torch
 
-from adrpo.flow.models.sd3 import LatentDecoder, SD3Velocity, pipeline_encoder
+from adrpo.flow.models.diffusers_common import CachedPromptVelocity, LatentDecoder
 from adrpo.tasks.evaluation import evaluate_flow_policy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REWARD_TYPES = ("clip_score", "pick_score")
+PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline")
+MAX_SEQUENCE_LENGTH = {"StableDiffusion3Pipeline": 256, "FluxPipeline": 512}
+# type: (required keys, optional keys) of a reward entry
+REWARD_KEYS = {
+    "clip_score": ({"model"}, {"tokenizer"}),
+    "pick_score": ({"model"}, {"tokenizer"}),
+    "aesthetic": ({"model", "head"}, set()),
+    "image_reward": (set(), {"model", "med_config"}),
+    "digits": (set(), {"temperature", "settings"}),
+}
 
 
 def read_prompts(prompts: Sequence[str] | str, field: str) -> list[str]:
@@ -40,79 +59,129 @@ def read_prompts(prompts: Sequence[str] | str, field: str) -> list[str]:
     return list(prompts)
 
 
-def load_sd3_pipeline(path: str, dtype: torch.dtype):
-    """StableDiffusion3Pipeline from a hub id or folder; components saved as null stay None."""
-    from diffusers import StableDiffusion3Pipeline
+def load_pipeline(path: str, dtype: torch.dtype):
+    """An SD3 or FLUX pipeline from a hub id or folder; components saved as null stay None."""
+    from diffusers import DiffusionPipeline
 
     absent = {}
     index = Path(path) / "model_index.json"
     if index.exists():
         entries = json.loads(index.read_text())
-        if entries.get("_class_name") != "StableDiffusion3Pipeline":
-            raise ValueError(
-                f"pipeline {path!r} is a {entries.get('_class_name')!r}; the text_to_image task supports "
-                "StableDiffusion3Pipeline (FLUX is not supported yet)"
-            )
+        if entries.get("_class_name") not in PIPELINES:
+            raise ValueError(f"pipeline {path!r} is a {entries.get('_class_name')!r}; the text_to_image task supports {list(PIPELINES)}")
         absent = {name: None for name, value in entries.items() if value == [None, None]}
-    pipeline = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, **absent)
+    pipeline = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent)
+    if type(pipeline).__name__ not in PIPELINES:
+        raise ValueError(f"pipeline {path!r} is a {type(pipeline).__name__!r}; the text_to_image task supports {list(PIPELINES)}")
     return pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def velocity_model(pipeline, *, resolution: int, max_sequence_length: int | None, distilled_guidance: float) -> CachedPromptVelocity:
+    """The pipeline's transformer in adrpo's convention, with the pipeline's prompt encoding."""
+    kind = type(pipeline).__name__
+    length = max_sequence_length or MAX_SEQUENCE_LENGTH[kind]
+    if kind == "FluxPipeline":
+        from adrpo.flow.models.flux import FluxVelocity, flux_prompt_encoder
+
+        return FluxVelocity(pipeline.transformer, flux_prompt_encoder(pipeline, max_sequence_length=length), resolution=resolution,
+                            vae_scale=pipeline.vae_scale_factor, distilled_guidance=distilled_guidance, scheduler_config=pipeline.scheduler.config)
+    from adrpo.flow.models.sd3 import SD3Velocity, sd3_prompt_encoder
+
+    return SD3Velocity(pipeline.transformer, sd3_prompt_encoder(pipeline, max_sequence_length=length), resolution=resolution,
+                       vae_scale=pipeline.vae_scale_factor, time_shift=pipeline.scheduler.config.shift)
+
+
+def check_reward_entry(entry, index: int | None) -> None:
+    """Refuse a malformed reward entry, naming it, its type and the offending keys."""
+    where = "reward" if index is None else f"reward[{index}]"
+    if not isinstance(entry, dict) or entry.get("type") not in REWARD_KEYS:
+        raise ValueError(f"{where} must be a mapping with type one of {list(REWARD_KEYS)}, got {entry!r}")
+    required, optional = REWARD_KEYS[entry["type"]]
+    missing = sorted(required - set(entry))
+    unknown = sorted(set(entry) - required - optional - {"type", "weight"})
+    if missing:
+        raise ValueError(f"{where} of type {entry['type']!r} needs key(s) {missing}")
+    if unknown:
+        raise ValueError(f"{where} of type {entry['type']!r} has unknown key(s) {unknown}; allowed: {sorted(required | optional | {'weight'})}")
+
+
+def build_image_reward(entry: dict, *, decoder: LatentDecoder, device: torch.device):
+    """One reward entry (see the module docstring) as ``(latents, prompts) -> (N,)``."""
+    from adrpo.rewards import image
+
+    kind = entry["type"]
+    if kind in ("clip_score", "pick_score"):
+        scale = "clip" if kind == "clip_score" else "logit"
+        return image.ClipScore(entry["model"], tokenizer_path=entry.get("tokenizer"), decoder=decoder, scale=scale).to(device)
+    if kind == "aesthetic":
+        return image.AestheticScore(entry["model"], entry["head"], decoder=decoder).to(device)
+    if kind == "image_reward":
+        return image.ImageRewardScore(entry.get("model", "ImageReward-v1.0"), med_config=entry.get("med_config"), decoder=decoder, device=device)
+    from adrpo.tasks.digits import DigitsImageReward
+
+    return DigitsImageReward.pretrained(entry.get("settings", {}), temperature=entry.get("temperature", 4.0), decoder=decoder)
+
+
 class TextToImageTask:
-    """Args come from a YAML ``task_args`` mapping; see ``adrpo/configs/sd3*.yaml``.
+    """Args come from a YAML ``task_args`` mapping; see ``adrpo/configs/sd3*.yaml``, ``flux*.yaml``.
 
     Args:
-        pipeline: diffusers SD3 pipeline (hub id or folder).
-        reward: ``{type: clip_score | pick_score, model: CLIP folder or hub id}``, or a list of
-            such entries each with a ``weight`` (their weighted sum; ClipDiversity uses the first).
+        pipeline: diffusers SD3 or FLUX pipeline (hub id or folder).
+        reward: one reward entry (see the module docstring) or a list of them, each with a
+            ``weight`` (default 1; their weighted sum is the reward).
         prompts: training prompts (list or file); eval_prompts: held-out ones (default: prompts).
         resolution: image side in pixels; dtype: weights of the frozen parts and the transformer.
-        max_sequence_length: T5 tokens of the prompt encoding.
+        max_sequence_length: T5 tokens of the prompt encoding (default 256 for SD3, 512 for FLUX).
+        distilled_guidance: FLUX.1-dev's guidance input (ignored by SD3 and FLUX.1-schnell).
+        diversity_model: CLIP model of ClipDiversity (default: the first CLIP-based reward's).
         eval_samples: samples per eval prompt (G_eval); eval_sampling_steps: Euler steps there.
     """
 
     name = "text_to_image"
 
     def __init__(self, pipeline: str, reward: dict | list[dict], prompts: Sequence[str] | str, *, eval_prompts: Sequence[str] | str | None = None,
-                 resolution: int = 512, dtype: str = "float32", max_sequence_length: int = 256, eval_samples: int = 4,
-                 eval_sampling_steps: int = 40, eval_seed: int = 1234):
-        from adrpo.rewards.image import ClipScore, WeightedSum
+                 resolution: int = 512, dtype: str = "float32", max_sequence_length: int | None = None, distilled_guidance: float = 3.5,
+                 diversity_model: str | None = None, eval_samples: int = 4, eval_sampling_steps: int = 40, eval_seed: int = 1234):
+        from adrpo.rewards.image import ClipEmbedder, WeightedSum
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         entries = reward if isinstance(reward, list) else [reward]
-        for entry in entries:
-            if not isinstance(entry, dict) or entry.get("type") not in REWARD_TYPES or "model" not in entry:
-                raise ValueError(f"reward must be {{type: one of {list(REWARD_TYPES)}, model: PATH}} or a list of them, got {entry!r}")
-        self.pipeline = load_sd3_pipeline(pipeline, DTYPES[dtype])
-        self.resolution = resolution
-        self.max_sequence_length = max_sequence_length
-        self.decoder = LatentDecoder(self.pipeline.vae)
-        scorers = [ClipScore(e["model"], decoder=self.decoder, scale="clip" if e["type"] == "clip_score" else "logit") for e in entries]
-        for scorer in scorers:
-            scorer.model.to(self.pipeline.device)
-        self.clip = scorers[0]
-        self.reward = scorers[0] if len(scorers) == 1 else WeightedSum(scorers, [e.get("weight", 1.0) for e in entries])
+        for index, entry in enumerate(entries):
+            check_reward_entry(entry, index if isinstance(reward, list) else None)
         self.train_prompts = read_prompts(prompts, "prompts")
         held_out = read_prompts(eval_prompts, "eval_prompts") if eval_prompts is not None else self.train_prompts
+        self.pipeline = load_pipeline(pipeline, DTYPES[dtype])
+        device = self.pipeline.device
+        self.decoder = LatentDecoder(self.pipeline.vae)
+        scorers = [build_image_reward(e, decoder=self.decoder, device=device) for e in entries]
+        weighted = isinstance(reward, list) or "weight" in reward
+        self.reward = WeightedSum(scorers, [e.get("weight", 1.0) for e in entries]) if weighted else scorers[0]
+        #scorers, [e.get("weight", 1.0) for e in entries])
+        if diversity_model is not None:
+            self.clip = ClipEmbedder(diversity_model, decoder=self.decoder).to(device)
+        else:
+            self.clip = next((s for s in scorers if isinstance(s, ClipEmbedder)), None)
+            if self.clip is None:
+                raise ValueError("ClipDiversity needs a CLIP model: no reward is CLIP-based, so set task_args.diversity_model")
+        self._model = velocity_model(self.pipeline, resolution=resolution, max_sequence_length=max_sequence_length,
+                                     distilled_guidance=distilled_guidance)
+        self._taken = False
         self.eval_group = eval_samples
         self.eval_prompts = [p for p in held_out for _ in range(eval_samples)]  # prompt-major
         self.eval_sampling_steps = eval_sampling_steps
-        self._taken = False
-        latent_shape = (self.pipeline.transformer.config.in_channels, resolution // self.pipeline.vae_scale_factor, resolution // self.pipeline.vae_scale_factor)
         generator = torch.Generator().manual_seed(eval_seed)
-        n = len(self.eval_prompts)
-        self.eval_x0 = torch.randn((n, *latent_shape), generator=generator)
-        self.eval_noise = torch.randn((n, *latent_shape), generator=generator)
-        self.eval_t = torch.rand(n, generator=generator)
+        shape = (len(self.eval_prompts), *self._model.data_shape)
+        self.eval_x0 = torch.randn(shape, generator=generator)
+        self.eval_noise = torch.randn(shape, generator=generator)
+        self.eval_t = torch.rand(len(self.eval_prompts), generator=generator)
 
-    def base_model(self) -> SD3Velocity:
+    def base_model(self) -> CachedPromptVelocity:
         """The pipeline's transformer as the policy (no copy: call once per task)."""
         if self._taken:
             raise RuntimeError("base_model() hands over the pipeline's transformer and can be called once per task")
         self._taken = True
-        encode = pipeline_encoder(self.pipeline, max_sequence_length=self.max_sequence_length)
-        return SD3Velocity(self.pipeline.transformer, encode, resolution=self.resolution, vae_scale=self.pipeline.vae_scale_factor)
+        return self._model
 
     def embed(self, samples: torch.Tensor) -> torch.Tensor:
         """ClipDiversity embedding: (N, C, h, w) latents -> (N, E) unit-norm CLIP image embeddings."""
@@ -142,39 +211,86 @@ class TextToImageTask:
                     tracker.writer.add_image("eval/samples", pixels, trainer.state.step, dataformats="HWC")
 
 
+
+
+CHARS = list(string.ascii_lowercase + string.digits)
+TINY_TEXT = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                 bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def tiny_clip_tokenizer(folder: Path):
+    """A CLIP tokenizer over lowercase letters and digits, one token per character."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["<|startoftext|>", "<|endoftext|>", *CHARS, *(c + "</w>" for c in CHARS)]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def tiny_vae(latent_channels: int, **scaling):
+    """A one-block AutoencoderKL that does not downsample (vae_scale_factor 1)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                         block_out_channels=(8,), layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4, sample_size=8, **scaling)
+
+
+def save_tiny_clip(folder: Path, tokenizer) -> Path:
+    """A tiny random CLIPModel (16-px images) with its tokenizer, the reward of the tiny presets."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(vocab_size=len(tokenizer), projection_dim=8, **TINY_TEXT)
+    vision = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8, projection_dim=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_sd3(folder: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
     """Write a tiny random SD3 pipeline (no T5) and a tiny CLIP model; returns their folders."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     folder = Path(folder)
-    vocab_dir = folder / "vocab"
-    vocab_dir.mkdir(parents=True, exist_ok=True)
-    chars = list(string.ascii_lowercase + string.digits)
-    vocab = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
-    (vocab_dir / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=16)
-    text = dict(vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                projection_dim=8, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    tokenizer = tiny_clip_tokenizer(folder / "vocab")
     torch.manual_seed(seed)
-    encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**text)) for _ in range(2)]
+    encoders = [CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=len(tokenizer), projection_dim=8, **TINY_TEXT)) for _ in range(2)]
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4, pos_embed_max_size=8,
     )
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                        block_out_channels=(8,), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=8)
     pipeline = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(4),
         text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer,
         text_encoder_3=None, tokenizer_3=None,
     )
-    pipeline_dir, clip_dir = folder / "sd3", folder / "clip"
-    pipeline.save_pretrained(pipeline_dir)
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                                                     num_attention_heads=2, image_size=16, patch_size=8, projection_dim=8),
-                                projection_dim=8))
-    clip.save_pretrained(clip_dir)
-    tokenizer.save_pretrained(clip_dir)
-    return pipeline_dir, clip_dir
+    pipeline.save_pretrained(folder / "sd3")
+    return folder / "sd3", save_tiny_clip(folder / "clip", tokenizer)
+
+
+def build_tiny_flux(folder: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """Write a tiny random guidance-distilled FLUX pipeline (CLIP + T5 encoders, dynamic time
+    shift as FLUX.1-dev) and a tiny CLIP model; returns their folders."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder / "vocab")
+    t5_tokenizer = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0), *((c, -1.0) for c in CHARS)], extra_ids=0)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+    )
+    pipeline = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096),
+        vae=tiny_vae(4, scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_TEXT)), tokenizer=tokenizer,
+        text_encoder_2=T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)),
+        tokenizer_2=t5_tokenizer, transformer=transformer,
+    )
+    pipeline.save_pretrained(folder / "flux")
+    return folder / "flux", save_tiny_clip(folder / "clip", tokenizer)

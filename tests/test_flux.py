@@ -1,0 +1,128 @@
+"""FLUX through diffusers on tiny random models: packing, ids and time shift against diffusers'
+own code, sampling against FluxPipeline itself, the LoRA reference, and `fm train` + resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adrpo import cli
+from adrpo.core.flow_losses import cfm_loss
+from adrpo.core.paths import StraightPath
+from adrpo.flow.config import FlowConfig
+from adrpo.flow.models.flux import FluxVelocity, flux_time_shift, latent_image_ids, pack_latents, unpack_latents
+from adrpo.flow.sampler import sample_euler
+from adrpo.flow.trainer import FlowTrainer
+
+from conftest import IMAGE_LORA as LORA, IMAGE_PROMPTS as PROMPTS, tiny_image_task as make_task, tiny_image_train_config
+
+FLUX_DEV_SCHEDULER = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
+
+
+def test_packing_and_ids_match_diffusers_and_round_trip():
+    from diffusers import FluxPipeline
+
+    latents = torch.randn(2, 4, 6, 8)
+    packed = pack_latents(latents)
+    assert packed.shape == (2, 12, 16)
+    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 2, 4, 6, 8))
+    assert torch.equal(unpack_latents(packed, 6, 8), latents)
+    assert torch.equal(FluxPipeline._unpack_latents(packed, 6, 8, 1), latents)
+    assert torch.equal(latent_image_ids(6, 8), FluxPipeline._prepare_latent_image_ids(2, 3, 4, "cpu", torch.float32))
+
+
+@pytest.mark.parametrize("tokens", [16, 1024, 4096])
+def test_time_shift_reproduces_the_scheduler_sigmas(tokens):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from adrpo.core.paths import shifted_time_grid
+
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
+    steps = 10
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=calculate_shift(tokens, 256, 4096, 0.5, 1.15))
+    shift = flux_time_shift(scheduler.config, tokens)
+    torch.testing.assert_close(1 - shifted_time_grid(steps, shift=shift), scheduler.sigmas.float(), atol=1e-6, rtol=0)
+    assert flux_time_shift({"shift": 3.0}, tokens) == 3.0  # static shifting (FLUX.1-schnell-like configs)
+    if tokens == 4096:
+        assert shift == pytest.approx(np.exp(1.15))
+
+
+class AnalyticFlux(torch.nn.Module):
+    """Predicts FLUX's packed target (noise − data) exactly when all data equal one point x1*."""
+
+    def __init__(self, target: torch.Tensor, guidance_embeds: bool):
+        super().__init__()
+        self.target = pack_latents(target.unsqueeze(0))
+        self.config = type("Config", (), {"in_channels": self.target.shape[-1], "pooled_projection_dim": 2, "guidance_embeds": guidance_embeds})()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen = {}
+
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance, return_dict):
+        self.seen = dict(img_ids=img_ids, txt_ids=txt_ids, guidance=guidance)
+        sigma = timestep.view(-1, 1, 1)
+        return ((hidden_states - self.target) / sigma,)
+
+
+@pytest.mark.parametrize("guidance_embeds", [True, False])
+def test_analytic_velocity_of_a_known_path_gives_zero_loss(guidance_embeds):
+    target = torch.randn(4, 4, 4)
+    transformer = AnalyticFlux(target, guidance_embeds)
+    model = FluxVelocity(transformer, lambda p: (torch.zeros(len(p), 3, 4), torch.zeros(len(p), 2)), resolution=32, distilled_guidance=2.5)
+    assert model.data_shape == (4, 4, 4)
+    x0 = torch.randn(5, 4, 4, 4)
+    t = torch.rand(5) * 0.9 + 0.05
+    x_t, u_t = StraightPath().sample(x0, target.expand(5, -1, -1, -1), t)
+    loss = cfm_loss(model(x_t, t, model.encode_prompts(["p"] * 5)), u_t).per_sample
+    torch.testing.assert_close(loss, torch.zeros(5), atol=1e-9, rtol=0)
+    assert transformer.seen["img_ids"].shape == (4, 3) and torch.equal(transformer.seen["txt_ids"], torch.zeros(3, 3))
+    if guidance_embeds:
+        assert torch.equal(transformer.seen["guidance"], torch.full((5,), 2.5))
+    else:
+        assert transformer.seen["guidance"] is None
+    with pytest.raises(ValueError, match="resolution 24 must be a multiple of 16"):
+        FluxVelocity(transformer, lambda p: None, resolution=24)
+
+
+def test_sampler_reproduces_the_flux_pipeline(tiny_flux):
+    task = make_task(tiny_flux)
+    model = task.base_model()
+    assert model.time_shift == pytest.approx(flux_time_shift(task.pipeline.scheduler.config, 16))
+    x0 = torch.randn(2, *model.data_shape, generator=torch.Generator().manual_seed(0))
+    ours = sample_euler(model, model.encode_prompts(PROMPTS), x0, num_steps=4, shift=model.time_shift)
+    theirs = task.pipeline(prompt=PROMPTS, height=8, width=8, num_inference_steps=4, guidance_scale=3.5, latents=pack_latents(x0),
+                           output_type="latent", max_sequence_length=8).images
+    torch.testing.assert_close(pack_latents(ours), theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_reference_is_the_base_and_the_trainer_takes_the_model_time_shift(tiny_flux, tmp_path):
+    task = make_task(tiny_flux)
+    config = FlowConfig(num_steps=2, prompts_per_step=2, group_size=2, sampling_steps=2, learning_rate=1e-2,
+                        output_dir=str(tmp_path), report_to=["none"], progress_bar=False, **LORA)
+    trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+    assert trainer.time_shift == pytest.approx(task._model.time_shift) and trainer.time_shift != 1.0
+    x_t, t = torch.randn(4, 4, 8, 8), torch.rand(4)
+    cond = trainer.policy.encode_prompts(PROMPTS * 2)
+    assert torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
+    trainer.train()
+    assert not torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
+    assert FlowTrainer(FlowConfig(**{**config.to_dict(), "time_shift": 2.0}), make_task(tiny_flux).base_model(), task.reward, PROMPTS).time_shift == 2.0
+
+
+def test_fm_train_runs_and_resumes_on_tiny_flux(tiny_flux, tmp_path, capsys):
+    config = tmp_path / "flux.yaml"
+    values = tiny_image_train_config(tiny_flux, tmp_path / "run")
+    config.write_text(json.dumps(values))
+    cli.main(["fm", "train", "--config", str(config), "--set", "trainer.num_steps=1"])
+    cli.main(["fm", "train", "--config", str(config), "--resume"])
+    resumed = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in resumed] == [0, 1, 2]
+    values["trainer"]["output_dir"] = str(tmp_path / "straight")
+    config.write_text(json.dumps(values))
+    cli.main(["fm", "train", "--config", str(config)])
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == straight  # resuming lands exactly where an uninterrupted run does
+    assert "step     2: reward" in capsys.readouterr().out
