@@ -231,6 +231,12 @@ def test_bundled_presets_are_valid():
         if "methods" not in values:  # a single-run `fm train` config
             assert set(values) <= {"task", "task_args", "trainer", "eval_steps"}
             FlowConfig.from_dict(values["trainer"])
+            if values.get("task") == "text_to_image":
+                from adrpo.tasks.text_to_image import check_reward_entry
+
+                reward = values["task_args"]["reward"]
+                for entry in reward if isinstance(reward, list) else [reward]:
+                    check_reward_entry(entry, None)
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -403,3 +403,50 @@ def test_full_finetuning_reference_is_a_frozen_copy(tmp_path):
     with torch.no_grad():
         assert torch.equal(trainer.reference_velocity(x_t, t, cond), untouched(x_t, t, cond))
     assert not any(p.requires_grad for p in trainer.reference.parameters())
+
+
+# ----------------------------------------------------------------- micro-batches
+@pytest.mark.parametrize("method", METHODS)
+def test_micro_batches_accumulate_exactly_the_full_batch_gradient(tmp_path, method):
+    from adrpo.core.advantages import compute_advantages
+    from adrpo.core.flow_losses import preference_pairs
+    from adrpo.flow.methods import LossBatch
+
+    g = torch.Generator().manual_seed(3)
+    n, group = 8, 4
+    x_t, u_t, t = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g), torch.rand(n, generator=g)
+    rewards = torch.randn(n, generator=g)
+    advantages = compute_advantages(rewards, group_size=group, baseline="group", scale="std")
+    pairs = preference_pairs(rewards, group_size=group) if method == "flow_dpo" else None
+    grads, losses, diagnostics = [], [], []
+    for micro in (None, 3):  # 3 does not divide N and splits groups and pairs
+        config = make_config(tmp_path / str(micro), method=method, group_size=group, micro_batch_size=micro, **METHOD_OVERRIDES[method])
+        trainer = FlowTrainer(config, tiny_model(), target_reward, PROMPTS)
+        cond = trainer.policy.encode_prompts([PROMPTS[i // group] for i in range(n)])
+        v_ref = (trainer.reference_velocity(x_t, t, cond) + 0.3 * u_t).detach()  # a reference away from the policy
+        loss, out, v = trainer._loss_and_backward(x_t, t, cond, lambda vel: LossBatch(vel, u_t, v_ref, rewards, advantages, group, pairs))
+        grads.append({name: p.grad.clone() for name, p in trainer.trainable.items()})
+        losses.append(loss)
+        diagnostics.append(out.diagnostics)
+    assert any(grad.abs().sum() > 0 for grad in grads[0].values())
+    for name in grads[0]:
+        scale = grads[0][name].abs().max().item()  # float32 summation order differs between the two
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-5 * scale + 1e-9)
+    torch.testing.assert_close(losses[1], losses[0])
+    assert diagnostics[0].keys() == diagnostics[1].keys()
+
+
+def test_micro_batched_training_matches_whole_batches(tmp_path):
+    rows = {}
+    for micro in (None, 3):
+        config = make_config(tmp_path / str(micro), num_steps=3, micro_batch_size=micro)
+        rows[micro] = FlowTrainer(config, tiny_model(), target_reward, PROMPTS, diversity_fn=lambda x: x).train()
+    for whole, chunked in zip(rows[None], rows[3]):
+        assert whole.keys() == chunked.keys()
+        for key in whole:
+            assert chunked[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+
+
+def test_gradient_checkpointing_needs_a_diffusers_model(tmp_path):
+    with pytest.raises(ValueError, match="gradient_checkpointing: MLPVelocityModel has no enable_gradient_checkpointing"):
+        FlowTrainer(make_config(tmp_path, gradient_checkpointing=True), tiny_model(), target_reward, PROMPTS)

@@ -174,3 +174,18 @@ def test_weighted_rewards_and_an_unsupported_pipeline_is_refused(tiny_sd3, tmp_p
     (fake / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(ValueError, match=r"is a 'StableDiffusionXLPipeline'; the text_to_image task supports \['StableDiffusion3Pipeline', 'FluxPipeline'\]"):
         build_task("text_to_image", dict(pipeline=str(fake), reward=clip, prompts=PROMPTS), seed=0)
+
+
+def test_gradient_checkpointing_and_micro_batches_train_the_same_adapters(tiny_sd3, tmp_path):
+    adapters = []
+    for options in ({}, {"gradient_checkpointing": True, "micro_batch_size": 3}):
+        task = make_task(tiny_sd3)
+        config = FlowConfig(num_steps=1, prompts_per_step=2, group_size=2, sampling_steps=2, learning_rate=1e-2, output_dir=str(tmp_path),
+                            report_to=["none"], progress_bar=False, **LORA, **options)
+        trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+        assert task.pipeline.transformer.gradient_checkpointing == bool(options)
+        trainer.train()
+        adapters.append({name: p.detach().clone() for name, p in trainer.trainable.items()})
+    assert any(p.abs().sum() > 0 for name, p in adapters[0].items() if "lora_B" in name)  # the step moved the adapters
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=1e-4, atol=1e-6)

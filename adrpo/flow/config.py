@@ -90,6 +90,9 @@ class FlowConfig:
     time_shift: float | None = _help(
         "Sampler time-grid shift (1 = uniform); None takes the model's own time_shift (the SD3 scheduler's 3, FLUX's "
         "resolution-dependent exp(mu)), 1 for models without one.", None)
+    micro_batch_size: int | None = _help(
+        "Samples per forward pass (sampling, rewards, loss). A step's chunks accumulate into one optimizer step with "
+        "exactly the full batch's gradient, at the cost of one extra no-grad forward; None = the whole step at once.", None)
     sampler_refresh_every: int = _help("K: the sampling policy is a snapshot of the policy refreshed every K steps; 1 is on-policy.", 1)
 
     # Optimisation
@@ -98,6 +101,8 @@ class FlowConfig:
     weight_decay: float = _help("AdamW weight decay.", 0.0)
     max_grad_norm: float | None = _help("Gradient-norm clip; None disables it.", 1.0)
     seed: int = _help("Seed of every random draw of the run.", 0)
+
+    gradient_checkpointing: bool = _help("Recompute the transformer's activations in the backward pass (diffusers models).", False)
 
     # LoRA
     lora_rank: int = _help("LoRA rank; 0 trains all parameters and keeps a frozen reference copy.", 0)
@@ -138,6 +143,8 @@ class FlowConfig:
         for name in ("prompts_per_step", "group_size", "sampling_steps", "sampler_refresh_every", "logging_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
         for name in ("num_steps", "checkpoint_steps", "lora_rank"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adrpo.core.advantages import compute_advantages
-from adrpo.core.flow_losses import preference_pairs, squared_error
+from adrpo.core.flow_losses import FlowLoss, preference_pairs, squared_error
 from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath
 from adrpo.flow import checkpointing
@@ -42,6 +42,14 @@ from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on activation recomputation in a velocity model's diffusers transformer."""
+    target = getattr(model, "transformer", model)
+    if not hasattr(target, "enable_gradient_checkpointing"):
+        raise ValueError(f"gradient_checkpointing: {type(target).__name__} has no enable_gradient_checkpointing()")
+    target.enable_gradient_checkpointing()
 
 
 class TrainerState:
@@ -124,6 +132,8 @@ class FlowTrainer:
         )
         set_seed(config.seed)
         model.requires_grad_(True)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         if config.lora_rank:
             model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, target_modules=config.lora_target_modules)
             self.reference: nn.Module | None = None
@@ -148,6 +158,11 @@ class FlowTrainer:
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    def in_chunks(self, fn: Callable[[slice], torch.Tensor], n: int) -> torch.Tensor:
+        """``fn`` over consecutive slices of at most ``micro_batch_size`` of range(n), concatenated."""
+        size = self.config.micro_batch_size or n
+        return torch.cat([fn(slice(start, min(start + size, n))) for start in range(0, n, size)])
 
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn((n, *self.policy.data_shape), generator=self.state.generator, device=self.device)
@@ -186,9 +201,10 @@ class FlowTrainer:
 
     @torch.no_grad()
     def reference_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """v_ref(x_t, t, c): (N, *D) -> (N, *D)."""
+        """v_ref(x_t, t, c): (N, *D) -> (N, *D), in micro-batches."""
+        net = self.policy if self.reference is None else self.reference
         with self.reference_context():
-            return (self.policy if self.reference is None else self.reference)(x_t, t, cond)
+            return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     @torch.no_grad()
     def sample(
@@ -212,15 +228,14 @@ class FlowTrainer:
         model = self.policy
         was_training = model.training
         model.eval()
+        net = self.reference if use_reference and self.reference is not None else model
+        settings = dict(
+            num_steps=num_steps or self.config.sampling_steps,
+            guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+            shift=self.time_shift,
+        )
         with self.reference_context() if use_reference else nullcontext():
-            out = sample_euler(
-                self.reference if use_reference and self.reference is not None else model,
-                cond,
-                x0,
-                num_steps=num_steps or self.config.sampling_steps,
-                guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                shift=self.time_shift,
-            )
+            out = self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
         model.train(was_training)
         return out
 
@@ -242,9 +257,7 @@ class FlowTrainer:
         cond = self.policy.encode_prompts(distinct).repeat_interleave(group, dim=0)  # (B, ...) -> (N, ...)
         with torch.no_grad(), self._sampling_weights():
             x1 = self._sample(cond, self._randn(n))
-        rewards = validate_rewards(
-            self.reward_fn(x1, prompts), prompts=prompts, method=cfg.method, step=self.state.step + 1, reward=self.reward_label
-        ).to(self.device)
+        rewards = self.in_chunks(lambda s: self.score(x1[s], prompts[s], first_index=s.start), n)
         advantages = compute_advantages(rewards, group_size=group, baseline=cfg.advantage_baseline, scale=cfg.advantage_scale)
 
         t = torch.rand(n, generator=self.state.generator, device=self.device)
@@ -255,10 +268,9 @@ class FlowTrainer:
             t[pairs[1]], x0[pairs[1]] = t[pairs[0]], x0[pairs[0]]
         x_t, u_t = self.path.sample(x0, x1, t)
         v_ref = self.reference_velocity(x_t, t, cond)
-        v = self.model(x_t, t, cond)
-        out = self.loss_fn(LossBatch(v, u_t, v_ref, rewards, advantages, group, pairs), cfg)
-        loss = out.per_sample.mean()
-        self.accelerator.backward(loss)
+        loss, out, v = self._loss_and_backward(
+            x_t, t, cond, lambda velocity: LossBatch(velocity, u_t, v_ref, rewards, advantages, group, pairs)
+        )
         grad_norm = None
         if cfg.max_grad_norm is not None:
             grad_norm = self.accelerator.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
@@ -270,19 +282,59 @@ class FlowTrainer:
                 self.state.snapshot[name].copy_(param.detach())
 
         scalars = {
-            "loss": loss.detach(),
+            "loss": loss,
             "reward_mean": rewards.mean(),
             "reward_std": rewards.std(correction=0),
             **out.diagnostics,
         }
         if "w2" not in scalars:
-            scalars["w2"] = squared_error(v.detach(), v_ref).mean()
+            scalars["w2"] = squared_error(v, v_ref).mean()
         if grad_norm is not None:
             scalars["grad_norm"] = grad_norm
         if self.diversity_fn is not None:
-            scalars["diversity"] = grouped_diversity(self.diversity_fn(x1), group_size=group).mean()
+            embeddings = self.in_chunks(lambda s: self.diversity_fn(x1[s]), n)
+            scalars["diversity"] = grouped_diversity(embeddings, group_size=group).mean()
         values = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=self.device).reshape(()) for x in scalars.values()])
         return dict(zip(scalars, values.tolist()))  # one device sync for all metrics
+
+    def score(self, samples: torch.Tensor, prompts: Sequence[str], *, first_index: int = 0) -> torch.Tensor:
+        """The checked rewards (N,) of samples (N, *D) for the step being taken."""
+        value = self.reward_fn(samples, prompts)
+        return validate_rewards(
+            value, prompts=prompts, method=self.config.method, step=self.state.step + 1, reward=self.reward_label, first_index=first_index,
+        ).to(self.device)
+
+    def _loss_and_backward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, make_batch: Callable[[torch.Tensor], LossBatch],
+    ) -> tuple[torch.Tensor, FlowLoss, torch.Tensor]:
+        """Back-propagate the method's mean loss over the N samples; returns the detached loss,
+        the loss output (diagnostics) and the detached policy velocity (N, *D).
+
+        With micro-batches, a no-grad forward first gives every sample's velocity; then each
+        chunk's velocity is recomputed with gradient and spliced into those values, and the
+        full-batch loss is back-propagated through the chunk only. Summed over the chunks this
+        is exactly the full batch's gradient, for every method, pairs and batch statistics
+        included. Gradient synchronisation across processes happens on the last chunk only.
+        """
+        n = len(x_t)
+        size = self.config.micro_batch_size or n
+        if size >= n:
+            v = self.model(x_t, t, cond)
+            out = self.loss_fn(make_batch(v), self.config)
+            loss = out.per_sample.mean()
+            self.accelerator.backward(loss)
+            return loss.detach(), out, v.detach()
+        with torch.no_grad():
+            v_all = self.in_chunks(lambda s: self.model(x_t[s], t[s], cond[s]), n)
+            out = self.loss_fn(make_batch(v_all), self.config)
+        starts = range(0, n, size)
+        for start in starts:
+            s = slice(start, min(start + size, n))
+            sync = nullcontext() if start == starts[-1] else self.accelerator.no_sync(self.model)
+            with sync:
+                v_mixed = torch.cat([v_all[: s.start], self.model(x_t[s], t[s], cond[s]), v_all[s.stop :]])
+                self.accelerator.backward(self.loss_fn(make_batch(v_mixed), self.config).per_sample.mean())
+        return out.per_sample.mean(), out, v_all
 
     def train(
         self,

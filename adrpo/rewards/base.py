@@ -32,11 +32,12 @@ def reward_name(reward: object) -> str:
 
 
 def validate_rewards(
-    value: object, *, prompts: Sequence[str], method: str, step: int, reward: str
+    value: object, *, prompts: Sequence[str], method: str, step: int, reward: str, first_index: int = 0
 ) -> torch.Tensor:
     """Check and convert a reward's output to a float32 (N,) tensor.
 
-    ``step`` is the step being taken, 1-based like the rows of ``metrics.jsonl``.
+    ``step`` is the step being taken, 1-based like the rows of ``metrics.jsonl``;
+    ``first_index`` is the batch index of ``prompts[0]`` when a reward sees a chunk.
 
     Raises:
         RewardError: wrong type, wrong length, or a non-finite value; the message names
@@ -68,7 +69,7 @@ def validate_rewards(
         value_i = tensor[i].item()
         kind = "NaN" if math.isnan(value_i) else "inf"
         raise RewardError(
-            f"{where}: sample {i} (prompt {prompts[i]!r}) got {kind} "
+            f"{where}: sample {first_index + i} (prompt {prompts[i]!r}) got {kind} "
             f"({bad.numel()} non-finite of {n})"
         )
     return tensor

@@ -29,6 +29,7 @@ def evaluate_flow_policy(
     Args:
         prompts: N prompt-major prompts (G = ``group`` samples of each).
         x0: (N, *D) sampling noise; noise, t: (N, *D) and (N,) for the W2 proxy's paths.
+        Every pass runs in the trainer's micro-batches.
 
     Returns:
         {"reward": mean reward, "diversity": mean over prompts of the mean pairwise embedding
@@ -36,14 +37,16 @@ def evaluate_flow_policy(
         policy's own samples}, and the (N, *D) samples.
     """
     x1 = trainer.sample(prompts, x0=x0, num_steps=num_steps)
-    device = x1.device
+    n, device = len(x1), x1.device
     t = t.to(device)
     x_t = StraightPath().interpolate(noise.to(device), x1, t)
     cond = trainer.policy.encode_prompts(prompts)
-    w2 = squared_error(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
+    v = trainer.in_chunks(lambda s: trainer.policy(x_t[s], t[s], cond[s]), n)
+    rewards = trainer.in_chunks(lambda s: torch.as_tensor(reward(x1[s], prompts[s]), device=device), n)
+    embeddings = trainer.in_chunks(lambda s: embed(x1[s]), n)
     metrics = {
-        "reward": reward(x1, prompts).mean().item(),
-        "diversity": grouped_diversity(embed(x1), group_size=group).mean().item(),
-        "w2": w2.mean().item(),
+        "reward": rewards.mean().item(),
+        "diversity": grouped_diversity(embeddings, group_size=group).mean().item(),
+        "w2": squared_error(v, trainer.reference_velocity(x_t, t, cond)).mean().item(),
     }
     return metrics, x1
