@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test full ablation llm-demo smollm2-demo sd3-tiny bench clean
+.PHONY: install demo test full ablation llm-demo smollm2-demo sd3-tiny flux-tiny bench clean
 
 install: $(STAMP)
 
@@ -36,11 +36,16 @@ sd3-tiny: install
 	$(VENV)/bin/adrpo fm make-tiny-sd3 runs/tiny-sd3
 	$(VENV)/bin/adrpo fm train --preset sd3-tiny
 
+flux-tiny: install
+	$(VENV)/bin/adrpo fm make-tiny-flux runs/tiny-flux
+	$(VENV)/bin/adrpo fm train --preset flux-tiny
+
 bench: install
 	$(PY) benchmarks/fm_step_time.py
 	$(PY) benchmarks/trainer_efficiency.py
 	$(PY) benchmarks/grpo_step_time.py
 	$(PY) benchmarks/lora_memory.py
+	$(PY) benchmarks/lora_memory.py --model flux
 
 test: install
 	$(PY) -m pytest
