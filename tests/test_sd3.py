@@ -189,3 +189,15 @@ def test_gradient_checkpointing_and_micro_batches_train_the_same_adapters(tiny_s
     assert any(p.abs().sum() > 0 for name, p in adapters[0].items() if "lora_B" in name)  # the step moved the adapters
     for name in adapters[0]:
         torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_pipeline_without_a_needed_text_encoder_is_refused_by_name(tiny_sd3, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-clip-g"
+    shutil.copytree(tiny_sd3[0], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_2"] = index["tokenizer_2"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"the StableDiffusion3Pipeline has no text_encoder_2 \(CLIP-G\); it is needed to encode prompts"):
+        make_task((folder, tiny_sd3[1]))

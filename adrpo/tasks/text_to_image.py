@@ -37,6 +37,11 @@ from adrpo.tasks.evaluation import evaluate_flow_policy
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline")
 MAX_SEQUENCE_LENGTH = {"StableDiffusion3Pipeline": 256, "FluxPipeline": 512}
+# the text encoders each pipeline cannot encode a prompt without (SD3 may lack T5, text_encoder_3)
+REQUIRED_ENCODERS = {
+    "StableDiffusion3Pipeline": {"text_encoder": "CLIP-L", "text_encoder_2": "CLIP-G"},
+    "FluxPipeline": {"text_encoder": "CLIP-L", "text_encoder_2": "T5"},
+}
 # type: (required keys, optional keys) of a reward entry
 REWARD_KEYS = {
     "clip_score": ({"model"}, {"tokenizer"}),
@@ -79,6 +84,9 @@ def load_pipeline(path: str, dtype: torch.dtype):
 def velocity_model(pipeline, *, resolution: int, max_sequence_length: int | None, distilled_guidance: float) -> CachedPromptVelocity:
     """The pipeline's transformer in adrpo's convention, with the pipeline's prompt encoding."""
     kind = type(pipeline).__name__
+    for name, role in REQUIRED_ENCODERS[kind].items():
+        if getattr(pipeline, name, None) is None:
+            raise ValueError(f"the {kind} has no {name} ({role}); it is needed to encode prompts")
     length = max_sequence_length or MAX_SEQUENCE_LENGTH[kind]
     if kind == "FluxPipeline":
         from adrpo.flow.models.flux import FluxVelocity, flux_prompt_encoder
