@@ -162,6 +162,8 @@ class FlowTrainer:
     def in_chunks(self, fn: Callable[[slice], torch.Tensor], n: int) -> torch.Tensor:
         """``fn`` over consecutive slices of at most ``micro_batch_size`` of range(n), concatenated."""
         size = self.config.micro_batch_size or n
+        if size >= n:
+            return fn(slice(0, n))
         return torch.cat([fn(slice(start, min(start + size, n))) for start in range(0, n, size)])
 
     def _randn(self, n: int) -> torch.Tensor:
