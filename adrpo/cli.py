@@ -101,6 +101,8 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     for key in ("prompts", "eval_prompts"):
         if isinstance(task_args.get(key), str):
             task_args[key] = _relative_to_config(args, task_args[key])
+        elif isinstance(task_args.get(key), dict) and "path" in task_args[key]:
+            task_args[key]["path"] = _relative_to_config(args, task_args[key]["path"])
     config = FlowConfig.from_dict(values.get("trainer", {}))
     task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)

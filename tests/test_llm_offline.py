@@ -9,7 +9,7 @@ import types
 import pytest
 
 from adrpo.llm.gguf import gguf_file_of, resolve_model_path
-from adrpo.llm.recipe import load_prompts
+from adrpo.prompts import load_prompt_dataset as load_prompts
 
 
 def test_plain_names_pass_through(tmp_path):

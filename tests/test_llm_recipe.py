@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from adrpo import cli
-from adrpo.llm.recipe import build_trainer, load_prompts
+from adrpo.llm.recipe import build_trainer
+from adrpo.prompts import load_prompt_dataset as load_prompts
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.trainer import ADRPOTrainer
 

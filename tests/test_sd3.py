@@ -201,3 +201,15 @@ def test_a_pipeline_without_a_needed_text_encoder_is_refused_by_name(tiny_sd3, t
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"the StableDiffusion3Pipeline has no text_encoder_2 \(CLIP-G\); it is needed to encode prompts"):
         make_task((folder, tiny_sd3[1]))
+
+
+def test_prompts_from_a_drawbench_style_csv_and_its_errors(tiny_sd3, tmp_path):
+    csv = tmp_path / "drawbench.csv"
+    csv.write_text('Prompts,Category\n"A red colored car.",Colors\n"A black apple and a green backpack.",Colors\n')
+    task = make_task(tiny_sd3, prompts={"path": str(csv), "prompt_column": "Prompts"}, eval_prompts=["a blue dog"])
+    assert task.train_prompts == ["A red colored car.", "A black apple and a green backpack."]
+    assert task.eval_prompts == ["a blue dog", "a blue dog"]
+    with pytest.raises(ValueError, match=r"prompts has no column\(s\) \['prompt_text'\]; columns: \['Prompts', 'Category'\]"):
+        make_task(tiny_sd3, prompts={"path": str(csv), "prompt_column": "prompt_text"})
+    with pytest.raises(ValueError, match="eval_prompts needs 'path'"):
+        make_task(tiny_sd3, eval_prompts={"split": "test"})

@@ -18,37 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adrpo.prompts import load_prompt_dataset
+
 KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args")
-
-
-def load_prompts(spec: dict[str, Any]):
-    """A ``datasets.Dataset`` from ``{path: FILE.jsonl|.csv}`` or ``{name, config?, split?}``.
-
-    ``prompt_column`` / ``answer_column`` rename a dataset's columns to ``prompt`` / ``answer``
-    (e.g. GSM8K's ``question`` and ``answer``).
-    """
-    from datasets import load_dataset
-
-    if "path" in spec:
-        path = Path(spec["path"])
-        kinds = {".jsonl": "json", ".json": "json", ".csv": "csv"}
-        if path.suffix not in kinds:
-            raise ValueError(f"dataset.path {str(path)!r}: expected a .jsonl, .json or .csv file")
-        if not path.exists():
-            raise ValueError(f"dataset.path {str(path)!r} does not exist")
-        dataset = load_dataset(kinds[path.suffix], data_files=str(path), split="train")
-    elif "name" in spec:
-        dataset = load_dataset(spec["name"], spec.get("config"), split=spec.get("split", "train"))
-    else:
-        raise ValueError("dataset needs 'path' (a local file) or 'name' (a datasets id)")
-    renames = {spec[key]: target for key, target in (("prompt_column", "prompt"), ("answer_column", "answer")) if key in spec}
-    missing = sorted(set(renames) - set(dataset.column_names))
-    if missing:
-        raise ValueError(f"dataset has no column(s) {missing}; columns: {dataset.column_names}")
-    dataset = dataset.rename_columns({old: new for old, new in renames.items() if old != new})
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"dataset has no 'prompt' column (set dataset.prompt_column); columns: {dataset.column_names}")
-    return dataset
 
 
 def build_trainer(values: dict[str, Any]):
@@ -88,5 +60,5 @@ def build_trainer(values: dict[str, Any]):
     trainer_cls = ADRPOTrainer if kind == "adrpo" else GRPOTrainer
     return trainer_cls(
         model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,
-        train_dataset=load_prompts(values["dataset"]), peft_config=peft_config,
+        train_dataset=load_prompt_dataset(values["dataset"]), peft_config=peft_config,
     )

@@ -52,15 +52,21 @@ REWARD_KEYS = {
 }
 
 
-def read_prompts(prompts: Sequence[str] | str, field: str) -> list[str]:
-    """A list of prompts, or a text file with one prompt per line (relative paths from the cwd)."""
-    if isinstance(prompts, str):
+def read_prompts(prompts: Sequence[str] | str | dict, field: str) -> list[str]:
+    """A list of prompts, a text file with one prompt per line (relative paths from the cwd), or
+    a dataset spec of :func:`adrpo.prompts.load_prompt_dataset` (e.g. a DrawBench CSV with
+    ``prompt_column: Prompts``)."""
+    if isinstance(prompts, dict):
+        from adrpo.prompts import load_prompt_dataset
+
+        prompts = list(load_prompt_dataset(prompts, field=field)["prompt"])
+    elif isinstance(prompts, str):
         path = Path(prompts)
         if not path.exists():
             raise ValueError(f"{field}: no prompt file at {path}")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"{field} must be a non-empty list of prompts or a prompt file")
+        raise ValueError(f"{field} must be a non-empty list of prompts, a prompt file or a dataset spec")
     return list(prompts)
 
 
@@ -137,7 +143,8 @@ class TextToImageTask:
         pipeline: diffusers SD3 or FLUX pipeline (hub id or folder).
         reward: one reward entry (see the module docstring) or a list of them, each with a
             ``weight`` (default 1; their weighted sum is the reward).
-        prompts: training prompts (list or file); eval_prompts: held-out ones (default: prompts).
+        prompts: training prompts (list, text file, or dataset spec such as
+            ``{path: drawbench.csv, prompt_column: Prompts}``); eval_prompts: held-out ones (default: prompts).
         resolution: image side in pixels; dtype: weights of the frozen parts and the transformer.
         max_sequence_length: T5 tokens of the prompt encoding (default 256 for SD3, 512 for FLUX).
         distilled_guidance: FLUX.1-dev's guidance input (ignored by SD3 and FLUX.1-schnell).
@@ -147,7 +154,7 @@ class TextToImageTask:
 
     name = "text_to_image"
 
-    def __init__(self, pipeline: str, reward: dict | list[dict], prompts: Sequence[str] | str, *, eval_prompts: Sequence[str] | str | None = None,
+    def __init__(self, pipeline: str, reward: dict | list[dict], prompts: Sequence[str] | str | dict, *, eval_prompts: Sequence[str] | str | dict | None = None,
                  resolution: int = 512, dtype: str = "float32", max_sequence_length: int | None = None, distilled_guidance: float = 3.5,
                  diversity_model: str | None = None, eval_samples: int = 4, eval_sampling_steps: int = 40, eval_seed: int = 1234):
         from adrpo.rewards.image import ClipEmbedder, WeightedSum
