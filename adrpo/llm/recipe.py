@@ -15,7 +15,6 @@ sets them (TRL's defaults are ~7x slower on a CPU).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from adrpo.prompts import load_prompt_dataset
