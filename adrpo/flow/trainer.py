@@ -18,13 +18,15 @@ saved: build the trainer from the same base model and call ``train(resume_from_c
 from __future__ import annotations
 
 import copy
+import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -42,6 +44,33 @@ from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
+    """The Accelerator of ``accelerate launch``'s environment; CPU-only without CUDA, except
+    that DeepSpeed runs on the CPU over gloo (as the tests do) when the launch asks for it."""
+    cuda = torch.cuda.is_available()
+    cpu_deepspeed = not cuda and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(
+        cpu=not cuda and not cpu_deepspeed, log_with=trackers or None, project_dir=str(output_dir),
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
+    )
+
+
+def configure_deepspeed(accelerator: Accelerator, config: FlowConfig) -> None:
+    """Fill what DeepSpeed needs and cannot infer without a dataloader: the micro-batch size,
+    and gradient clipping from ``max_grad_norm`` where the DeepSpeed config leaves it "auto"."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds_config = plugin.deepspeed_config
+    if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size or config.prompts_per_step * config.group_size
+    clipping = ds_config.get("gradient_clipping", "auto")
+    if clipping == "auto":
+        ds_config["gradient_clipping"] = config.max_grad_norm or 0.0
+    elif float(clipping) != (config.max_grad_norm or 0.0):
+        warnings.warn(f"the DeepSpeed config clips gradients at {clipping}; max_grad_norm={config.max_grad_norm} is not used", stacklevel=3)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -127,9 +156,7 @@ class FlowTrainer:
         self.loss_fn = LOSSES[config.method]
         self.output_dir = Path(config.output_dir)
         trackers = [name for name in config.report_to if name != "none"]
-        self.accelerator = accelerator or Accelerator(
-            cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(self.output_dir)
-        )
+        self.accelerator = accelerator or default_accelerator(trackers, self.output_dir)
         set_seed(config.seed)
         model.requires_grad_(True)
         if config.gradient_checkpointing:
@@ -141,6 +168,7 @@ class FlowTrainer:
             self.reference = copy.deepcopy(model).requires_grad_(False).eval().to(self.accelerator.device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.policy = self.accelerator.unwrap_model(self.model)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
@@ -332,10 +360,16 @@ class FlowTrainer:
         starts = range(0, n, size)
         for start in starts:
             s = slice(start, min(start + size, n))
-            sync = nullcontext() if start == starts[-1] else self.accelerator.no_sync(self.model)
-            with sync:
-                v_mixed = torch.cat([v_all[: s.start], self.model(x_t[s], t[s], cond[s]), v_all[s.stop :]])
-                self.accelerator.backward(self.loss_fn(make_batch(v_mixed), self.config).per_sample.mean())
+            last = start == starts[-1]
+            # DDP: skip the all-reduce; DeepSpeed: backward() steps the engine only at a boundary.
+            # accelerate's own accumulate() flips the same private flag.
+            self.accelerator.gradient_state._set_sync_gradients(last)
+            try:
+                with nullcontext() if last else self.accelerator.no_sync(self.model):
+                    v_mixed = torch.cat([v_all[: s.start], self.model(x_t[s], t[s], cond[s]), v_all[s.stop :]])
+                    self.accelerator.backward(self.loss_fn(make_batch(v_mixed), self.config).per_sample.mean())
+            finally:
+                self.accelerator.gradient_state._set_sync_gradients(True)
         return out.per_sample.mean(), out, v_all
 
     def train(
