@@ -10,6 +10,11 @@ builds a :class:`FlowTrainer` under ``accelerate launch``. Each process draws it
 prompt groups, so group baselines need no communication; ``advantage_baseline="batch"`` is
 per process.
 
+Memory: ``micro_batch_size`` runs sampling, rewards and the loss in chunks whose gradients add
+up to exactly the whole step's; ``gradient_checkpointing`` recomputes a diffusers
+transformer's activations. Under DeepSpeed the engine's micro-batch size and gradient
+clipping are filled from the config.
+
 Resuming: checkpoints hold model, optimizer, accelerate's RNG states and the trainer state
 (step, sampling-policy snapshot, random generator, prompt order). The reference is *not*
 saved: build the trainer from the same base model and call ``train(resume_from_checkpoint=True)``.

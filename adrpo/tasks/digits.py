@@ -305,7 +305,8 @@ class DigitsImageReward:
             raise ValueError(f"the digits image reward expects images of shape (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         gray = images.float().mean(dim=1, keepdim=True)
         pixels = nn.functional.adaptive_avg_pool2d(gray, 8).flatten(1)  # (N, 64) in [0, 1]
-        return self.reward(pixels * 2 - 1, prompts)
+        device = next(self.reward.classifier.parameters()).device  # the classifier stays where it was trained
+        return self.reward((pixels * 2 - 1).to(device), prompts).to(images.device)
 
     @classmethod
     def pretrained(cls, settings: PretrainSettings | dict = PretrainSettings(), *, temperature: float = 4.0,

@@ -167,20 +167,19 @@ class TextToImageTask:
         self.train_prompts = read_prompts(prompts, "prompts")
         held_out = read_prompts(eval_prompts, "eval_prompts") if eval_prompts is not None else self.train_prompts
         self.pipeline = load_pipeline(pipeline, DTYPES[dtype])
+        self._model = velocity_model(self.pipeline, resolution=resolution, max_sequence_length=max_sequence_length,
+                                     distilled_guidance=distilled_guidance)
         device = self.pipeline.device
         self.decoder = LatentDecoder(self.pipeline.vae)
         scorers = [build_image_reward(e, decoder=self.decoder, device=device) for e in entries]
         weighted = isinstance(reward, list) or "weight" in reward
         self.reward = WeightedSum(scorers, [e.get("weight", 1.0) for e in entries]) if weighted else scorers[0]
-        #scorers, [e.get("weight", 1.0) for e in entries])
         if diversity_model is not None:
             self.clip = ClipEmbedder(diversity_model, decoder=self.decoder).to(device)
         else:
             self.clip = next((s for s in scorers if isinstance(s, ClipEmbedder)), None)
             if self.clip is None:
                 raise ValueError("ClipDiversity needs a CLIP model: no reward is CLIP-based, so set task_args.diversity_model")
-        self._model = velocity_model(self.pipeline, resolution=resolution, max_sequence_length=max_sequence_length,
-                                     distilled_guidance=distilled_guidance)
         self._taken = False
         self.eval_group = eval_samples
         self.eval_prompts = [p for p in held_out for _ in range(eval_samples)]  # prompt-major
