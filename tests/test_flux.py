@@ -126,3 +126,18 @@ def test_fm_train_runs_and_resumes_on_tiny_flux(tiny_flux, tmp_path, capsys):
     straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert resumed == straight  # resuming lands exactly where an uninterrupted run does
     assert "step     2: reward" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["tiny_sd3", "tiny_flux"])
+def test_bfloat16_pipelines_train_without_autocast(family, request, tmp_path):
+    task = make_task(request.getfixturevalue(family), dtype="bfloat16")
+    config = FlowConfig(num_steps=1, prompts_per_step=2, group_size=2, sampling_steps=2, output_dir=str(tmp_path),
+                        report_to=["none"], progress_bar=False, **LORA)
+    trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+    assert task.pipeline.transformer.dtype == torch.bfloat16 and trainer.policy.compute_dtype == torch.bfloat16
+    x_t, t = torch.randn(2, 4, 8, 8), torch.rand(2)
+    assert trainer.policy(x_t, t, trainer.policy.encode_prompts(PROMPTS)).dtype == torch.float32
+    before = {name: p.detach().clone() for name, p in trainer.trainable.items()}
+    trainer.train()
+    assert all(p.dtype == torch.float32 for p in trainer.trainable.values())  # peft keeps adapters in float32
+    assert any(not torch.equal(before[name], p) for name, p in trainer.trainable.items())

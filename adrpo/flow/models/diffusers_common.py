@@ -39,6 +39,9 @@ class CachedPromptVelocity(nn.Module):
         pooled_dim: P.
         time_shift: the pipeline scheduler's shift, used by the trainer when its config
             leaves ``time_shift`` unset.
+
+    The transformer runs in its own dtype (e.g. bfloat16 weights, with or without autocast);
+    states and velocities stay in the trainer's dtype (float32) on either side of it.
     """
 
     data_shape: tuple[int, ...]
@@ -49,6 +52,7 @@ class CachedPromptVelocity(nn.Module):
         self.encode = encode
         self.pooled_dim = pooled_dim
         self.time_shift = float(time_shift)
+        self.compute_dtype = next(transformer.parameters()).dtype  # the base weights' (LoRA comes later, in float32)
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()

@@ -109,13 +109,13 @@ class FluxVelocity(CachedPromptVelocity):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w), (N,), (N, L + 1, D) -> (N, C, h, w)."""
-        embeds, pooled = unpack_condition(cond, self.pooled_dim)
+        embeds, pooled = unpack_condition(cond.to(self.compute_dtype), self.pooled_dim)
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full_like(t, self.distilled_guidance, dtype=torch.float32)
         prediction = self.transformer(
-            hidden_states=pack_latents(x_t), encoder_hidden_states=embeds, pooled_projections=pooled,
-            timestep=t_to_sigma(t), img_ids=self.img_ids.to(x_t.dtype),
+            hidden_states=pack_latents(x_t.to(self.compute_dtype)), encoder_hidden_states=embeds, pooled_projections=pooled,
+            timestep=t_to_sigma(t), img_ids=self.img_ids.to(self.compute_dtype),
             txt_ids=embeds.new_zeros(embeds.shape[1], 3), guidance=guidance, return_dict=False,
         )[0]
-        return velocity_from_diffusers(unpack_latents(prediction, *x_t.shape[-2:]))
+        return velocity_from_diffusers(unpack_latents(prediction.to(x_t.dtype), *x_t.shape[-2:]))

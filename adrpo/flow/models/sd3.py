@@ -58,9 +58,9 @@ class SD3Velocity(CachedPromptVelocity):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w), (N,), (N, L + 1, D) -> (N, C, h, w)."""
-        embeds, pooled = unpack_condition(cond, self.pooled_dim)
+        embeds, pooled = unpack_condition(cond.to(self.compute_dtype), self.pooled_dim)
         prediction = self.transformer(
-            hidden_states=x_t, encoder_hidden_states=embeds, pooled_projections=pooled,
+            hidden_states=x_t.to(self.compute_dtype), encoder_hidden_states=embeds, pooled_projections=pooled,
             timestep=1000 * t_to_sigma(t), return_dict=False,
         )[0]
-        return velocity_from_diffusers(prediction)
+        return velocity_from_diffusers(prediction.to(x_t.dtype))
