@@ -213,3 +213,18 @@ def test_prompts_from_a_drawbench_style_csv_and_its_errors(tiny_sd3, tmp_path):
         make_task(tiny_sd3, prompts={"path": str(csv), "prompt_column": "prompt_text"})
     with pytest.raises(ValueError, match="eval_prompts needs 'path'"):
         make_task(tiny_sd3, eval_prompts={"split": "test"})
+
+
+def test_freed_text_encoders_leave_every_known_prompt_encoded(tiny_sd3, tmp_path):
+    task = make_task(tiny_sd3, free_text_encoders=True, eval_prompts=["a green apple"])
+    kept = make_task(tiny_sd3, eval_prompts=["a green apple"]).base_model()
+    model = task.base_model()
+    assert task.pipeline.text_encoder is None and task.pipeline.text_encoder_2 is None
+    for prompt in ["", *PROMPTS, "a green apple"]:
+        torch.testing.assert_close(model.encode_prompts([prompt]), kept.encode_prompts([prompt]))
+    config = FlowConfig(num_steps=1, prompts_per_step=2, group_size=2, sampling_steps=2, guidance_scale=4.5, output_dir=str(tmp_path),
+                        report_to=["none"], progress_bar=False, **LORA)
+    rows = FlowTrainer(config, model, task.reward, task.train_prompts).train(evaluator=task.evaluate)
+    assert rows[-1]["step"] == 1 and "eval/reward" in rows[-1]
+    with pytest.raises(ValueError, match="prompt 'a new prompt' was not encoded before the text encoders were freed"):
+        model.encode_prompts(["a new prompt"])

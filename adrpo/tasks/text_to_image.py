@@ -149,6 +149,8 @@ class TextToImageTask:
         max_sequence_length: T5 tokens of the prompt encoding (default 256 for SD3, 512 for FLUX).
         distilled_guidance: FLUX.1-dev's guidance input (ignored by SD3 and FLUX.1-schnell).
         diversity_model: CLIP model of ClipDiversity (default: the first CLIP-based reward's).
+        free_text_encoders: encode every training and eval prompt (and the empty one) when the
+            policy is handed over, then drop the text encoders (T5-XXL alone is ~9.5 GB in bf16).
         eval_samples: samples per eval prompt (G_eval); eval_sampling_steps: Euler steps there.
     """
 
@@ -156,7 +158,8 @@ class TextToImageTask:
 
     def __init__(self, pipeline: str, reward: dict | list[dict], prompts: Sequence[str] | str | dict, *, eval_prompts: Sequence[str] | str | dict | None = None,
                  resolution: int = 512, dtype: str = "float32", max_sequence_length: int | None = None, distilled_guidance: float = 3.5,
-                 diversity_model: str | None = None, eval_samples: int = 4, eval_sampling_steps: int = 40, eval_seed: int = 1234):
+                 diversity_model: str | None = None, free_text_encoders: bool = False, eval_samples: int = 4, eval_sampling_steps: int = 40,
+                 eval_seed: int = 1234):
         from adrpo.rewards.image import ClipEmbedder, WeightedSum
 
         if dtype not in DTYPES:
@@ -181,6 +184,7 @@ class TextToImageTask:
             if self.clip is None:
                 raise ValueError("ClipDiversity needs a CLIP model: no reward is CLIP-based, so set task_args.diversity_model")
         self._taken = False
+        self.free_text_encoders = free_text_encoders
         self.eval_group = eval_samples
         self.eval_prompts = [p for p in held_out for _ in range(eval_samples)]  # prompt-major
         self.eval_sampling_steps = eval_sampling_steps
@@ -195,7 +199,22 @@ class TextToImageTask:
         if self._taken:
             raise RuntimeError("base_model() hands over the pipeline's transformer and can be called once per task")
         self._taken = True
+        if self.free_text_encoders:
+            self._encode_all_and_free_encoders()
         return self._model
+
+    def _encode_all_and_free_encoders(self, batch: int = 32) -> None:
+        prompts = sorted({"", *self.train_prompts, *self.eval_prompts})
+        for start in range(0, len(prompts), batch):
+            self._model.encode_prompts(prompts[start:start + batch])
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if hasattr(self.pipeline, name):
+                setattr(self.pipeline, name, None)
+
+        def refuse(missing: list[str]):
+            raise ValueError(f"prompt {missing[0]!r} was not encoded before the text encoders were freed (free_text_encoders)")
+
+        self._model.encode = refuse
 
     def embed(self, samples: torch.Tensor) -> torch.Tensor:
         """ClipDiversity embedding: (N, C, h, w) latents -> (N, E) unit-norm CLIP image embeddings."""
