@@ -228,3 +228,15 @@ def test_freed_text_encoders_leave_every_known_prompt_encoded(tiny_sd3, tmp_path
     assert rows[-1]["step"] == 1 and "eval/reward" in rows[-1]
     with pytest.raises(ValueError, match="prompt 'a new prompt' was not encoded before the text encoders were freed"):
         model.encode_prompts(["a new prompt"])
+
+
+def test_each_launched_process_loads_the_pipeline_on_its_own_gpu(monkeypatch):
+    from adrpo.tasks.text_to_image import local_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert local_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local_device() == torch.device("cpu")

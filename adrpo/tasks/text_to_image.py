@@ -25,6 +25,7 @@ tokenizers are built from a character vocabulary).
 from __future__ import annotations
 
 import json
+import os
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,14 @@ def read_prompts(prompts: Sequence[str] | str | dict, field: str) -> list[str]:
     return list(prompts)
 
 
+def local_device() -> torch.device:
+    """This process's device: cuda:LOCAL_RANK under ``accelerate launch`` (each process its own
+    GPU, as accelerate assigns them), else cuda:0, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def load_pipeline(path: str, dtype: torch.dtype):
     """An SD3 or FLUX pipeline from a hub id or folder; components saved as null stay None."""
     from diffusers import DiffusionPipeline
@@ -84,7 +93,7 @@ def load_pipeline(path: str, dtype: torch.dtype):
     pipeline = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent)
     if type(pipeline).__name__ not in PIPELINES:
         raise ValueError(f"pipeline {path!r} is a {type(pipeline).__name__!r}; the text_to_image task supports {list(PIPELINES)}")
-    return pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
+    return pipeline.to(local_device())
 
 
 def velocity_model(pipeline, *, resolution: int, max_sequence_length: int | None, distilled_guidance: float) -> CachedPromptVelocity:
