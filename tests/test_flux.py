@@ -141,3 +141,26 @@ def test_bfloat16_pipelines_train_without_autocast(family, request, tmp_path):
     trainer.train()
     assert all(p.dtype == torch.float32 for p in trainer.trainable.values())  # peft keeps adapters in float32
     assert any(not torch.equal(before[name], p) for name, p in trainer.trainable.items())
+
+
+def held_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+@pytest.mark.parametrize("family", ["tiny_sd3", "tiny_flux"])
+@pytest.mark.parametrize("lora", [True, False])
+def test_lora_mode_holds_one_base_and_full_finetuning_three(family, lora, request, tmp_path):
+    task = make_task(request.getfixturevalue(family))
+    model = task.base_model()
+    base = held_bytes(model.parameters())
+    config = FlowConfig(sampler_refresh_every=2, output_dir=str(tmp_path), report_to=["none"], progress_bar=False, **(LORA if lora else {}))
+    trainer = FlowTrainer(config, model, task.reward, task.train_prompts)
+    tensors = [*trainer.policy.parameters(), *trainer.state.snapshot.values()]
+    if trainer.reference is not None:
+        tensors += list(trainer.reference.parameters())
+    if lora:  # policy = base + adapters, reference = the same base, snapshot = adapters only
+        adapters = held_bytes(trainer.trainable.values())
+        assert trainer.reference is None and held_bytes(tensors) == base + 2 * adapters
+    else:  # a frozen reference copy and a full snapshot
+        assert held_bytes(tensors) == 3 * base
