@@ -1,5 +1,6 @@
-"""Crash-safe run files: checkpoint directories that appear whole or not at all, and a
-metrics JSONL that a resumed run continues without duplicate or lost lines.
+"""Crash-safe run files: the trainer state accelerate checkpoints, checkpoint directories
+that appear whole or not at all, and a metrics JSONL that a resumed run continues without
+duplicate or lost lines.
 """
 
 from __future__ import annotations
@@ -9,8 +10,48 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
 
 CHECKPOINT_PREFIX = "step-"
+
+
+class TrainerState:
+    """What the trainer must remember across a restart (accelerate checkpoints it).
+
+    The random generator and the prompt order are per process; before a save the trainer
+    gathers every process's into ``gathered`` so that each one resumes its own stream.
+    """
+
+    def __init__(self, num_prompts: int, generator: torch.Generator, process_index: int):
+        self.step = 0
+        self.generator = generator
+        self.process_index = process_index
+        self.order = self.permutation(num_prompts)
+        self.cursor = 0
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.gathered: list[dict[str, Any]] = []
+
+    def permutation(self, n: int) -> list[int]:
+        """A fresh random order of n prompts (a Python list: no device sync per prompt)."""
+        return torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
+
+    def local_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": list(self.order), "cursor": self.cursor}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "snapshot": self.snapshot, "processes": self.gathered or [self.local_state()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.generator.device
+        mine = state["processes"][self.process_index]
+        self.step = state["step"]
+        self.generator.set_state(mine["generator"])
+        self.order = list(mine["order"])
+        self.cursor = mine["cursor"]
+        if state["snapshot"] is not None:
+            self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

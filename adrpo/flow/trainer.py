@@ -23,15 +23,12 @@ saved: build the trainer from the same base model and call ``train(resume_from_c
 from __future__ import annotations
 
 import copy
-import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
-from accelerate import Accelerator, InitProcessGroupKwargs
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -42,6 +39,7 @@ from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath
 from adrpo.flow import checkpointing
 from adrpo.flow.config import FlowConfig
+from adrpo.flow.engine import configure_deepspeed, default_accelerator, enable_gradient_checkpointing
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.sampler import sample_euler
@@ -49,78 +47,6 @@ from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
-
-
-def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
-    """The Accelerator of ``accelerate launch``'s environment; CPU-only without CUDA, except
-    that DeepSpeed runs on the CPU over gloo (as the tests do) when the launch asks for it."""
-    cuda = torch.cuda.is_available()
-    cpu_deepspeed = not cuda and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    return Accelerator(
-        cpu=not cuda and not cpu_deepspeed, log_with=trackers or None, project_dir=str(output_dir),
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
-    )
-
-
-def configure_deepspeed(accelerator: Accelerator, config: FlowConfig) -> None:
-    """Fill what DeepSpeed needs and cannot infer without a dataloader: the micro-batch size,
-    and gradient clipping from ``max_grad_norm`` where the DeepSpeed config leaves it "auto"."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    ds_config = plugin.deepspeed_config
-    if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-        ds_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size or config.prompts_per_step * config.group_size
-    clipping = ds_config.get("gradient_clipping", "auto")
-    if clipping == "auto":
-        ds_config["gradient_clipping"] = config.max_grad_norm or 0.0
-    elif float(clipping) != (config.max_grad_norm or 0.0):
-        warnings.warn(f"the DeepSpeed config clips gradients at {clipping}; max_grad_norm={config.max_grad_norm} is not used", stacklevel=3)
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Turn on activation recomputation in a velocity model's diffusers transformer."""
-    target = getattr(model, "transformer", model)
-    if not hasattr(target, "enable_gradient_checkpointing"):
-        raise ValueError(f"gradient_checkpointing: {type(target).__name__} has no enable_gradient_checkpointing()")
-    target.enable_gradient_checkpointing()
-
-
-class TrainerState:
-    """What the trainer must remember across a restart (accelerate checkpoints it).
-
-    The random generator and the prompt order are per process; before a save the trainer
-    gathers every process's into ``gathered`` so that each one resumes its own stream.
-    """
-
-    def __init__(self, num_prompts: int, generator: torch.Generator, process_index: int):
-        self.step = 0
-        self.generator = generator
-        self.process_index = process_index
-        self.order = self.permutation(num_prompts)
-        self.cursor = 0
-        self.snapshot: dict[str, torch.Tensor] | None = None
-        self.gathered: list[dict[str, Any]] = []
-
-    def permutation(self, n: int) -> list[int]:
-        """A fresh random order of n prompts (a Python list: no device sync per prompt)."""
-        return torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
-
-    def local_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": list(self.order), "cursor": self.cursor}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "snapshot": self.snapshot, "processes": self.gathered or [self.local_state()]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.generator.device
-        mine = state["processes"][self.process_index]
-        self.step = state["step"]
-        self.generator.set_state(mine["generator"])
-        self.order = list(mine["order"])
-        self.cursor = mine["cursor"]
-        if state["snapshot"] is not None:
-            self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
 
 
 class FlowTrainer:
@@ -179,7 +105,7 @@ class FlowTrainer:
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         generator = torch.Generator(device=self.accelerator.device)
         generator.manual_seed(config.seed * 1_000_003 + self.accelerator.process_index)
-        self.state = TrainerState(len(self.train_prompts), generator, self.accelerator.process_index)
+        self.state = checkpointing.TrainerState(len(self.train_prompts), generator, self.accelerator.process_index)
         if config.sampler_refresh_every > 1:
             self.state.snapshot = {name: p.detach().clone() for name, p in self.trainable.items()}
         self.accelerator.register_for_checkpointing(self.state)
