@@ -76,7 +76,7 @@ def main() -> None:
         def sampling() -> torch.Tensor:
             return sample_euler(
                 trainer.policy, cond, x0,
-                num_steps=config.sampling_steps, guidance_scale=config.guidance_scale, shift=trainer.time_shift,
+                num_steps=config.sampling_steps, guidance_scale=config.guidance_scale, grid=trainer.time_grid(config.sampling_steps),
             )
 
         def policy_update() -> None:

@@ -98,18 +98,22 @@ def test_sampler_reproduces_the_flux_pipeline(tiny_flux):
     torch.testing.assert_close(pack_latents(ours), theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_lora_reference_is_the_base_and_the_trainer_takes_the_model_time_shift(tiny_flux, tmp_path):
+def test_lora_reference_is_the_base_and_the_trainer_takes_the_model_time_grid(tiny_flux, tmp_path):
     task = make_task(tiny_flux)
     config = FlowConfig(num_steps=2, prompts_per_step=2, group_size=2, sampling_steps=2, learning_rate=1e-2,
                         output_dir=str(tmp_path), report_to=["none"], progress_bar=False, **LORA)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
-    assert trainer.time_shift == pytest.approx(task._model.time_shift) and trainer.time_shift != 1.0
+    from adrpo.core.paths import shifted_time_grid
+
+    torch.testing.assert_close(trainer.time_grid(10), shifted_time_grid(10, shift=task._model.time_shift))
+    assert task._model.time_shift != 1.0
     x_t, t = torch.randn(4, 4, 8, 8), torch.rand(4)
     cond = trainer.policy.encode_prompts(PROMPTS * 2)
     assert torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
     trainer.train()
     assert not torch.equal(trainer.policy(x_t, t, cond), trainer.reference_velocity(x_t, t, cond))
-    assert FlowTrainer(FlowConfig(**{**config.to_dict(), "time_shift": 2.0}), make_task(tiny_flux).base_model(), task.reward, PROMPTS).time_shift == 2.0
+    shifted = FlowTrainer(FlowConfig(**{**config.to_dict(), "time_shift": 2.0}), make_task(tiny_flux).base_model(), task.reward, PROMPTS)
+    torch.testing.assert_close(shifted.time_grid(10), shifted_time_grid(10, shift=2.0))  # the config wins
 
 
 def test_fm_train_runs_and_resumes_on_tiny_flux(tiny_flux, tmp_path, capsys):

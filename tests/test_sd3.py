@@ -51,17 +51,23 @@ def test_analytic_velocity_of_a_known_path_gives_zero_loss():
 def test_sampler_reproduces_the_sd3_pipeline_with_guidance(tiny_sd3):
     import numpy as np
 
+    from adrpo.core.paths import shifted_time_grid
     from adrpo.flow.sampler import sample_euler
 
     task = make_task(tiny_sd3)
     model = task.base_model()
-    assert model.time_shift == 3.0  # the scheduler's
     x0 = torch.randn(2, *model.data_shape, generator=torch.Generator().manual_seed(0))
-    ours = sample_euler(model, model.encode_prompts(PROMPTS), x0, num_steps=4, guidance_scale=4.5, shift=model.time_shift)
-    # our grid is the scheduler's shift applied to linspace(1, 1/N, N) (+ the final 0)
-    theirs = task.pipeline(prompt=PROMPTS, height=8, width=8, num_inference_steps=4, sigmas=np.linspace(1.0, 0.25, 4), guidance_scale=4.5,
-                           latents=x0, output_type="latent", max_sequence_length=8).images
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    cond = model.encode_prompts(PROMPTS)
+    common = dict(prompt=PROMPTS, height=8, width=8, num_inference_steps=4, guidance_scale=4.5, latents=x0, output_type="latent", max_sequence_length=8)
+    # the model's own grid is the scheduler's: the pipeline's default call
+    ours = sample_euler(model, cond, x0, num_steps=4, guidance_scale=4.5, grid=model.time_grid(4))
+    torch.testing.assert_close(ours, task.pipeline(**common).images, atol=1e-5, rtol=1e-5)
+    # a fixed shift of 3 is the scheduler's shift applied to linspace(1, 1/N, N) (+ the final 0)
+    shifted = sample_euler(model, cond, x0, num_steps=4, guidance_scale=4.5, grid=shifted_time_grid(4, shift=3.0))
+    torch.testing.assert_close(shifted, task.pipeline(**common, sigmas=np.linspace(1.0, 0.25, 4)).images, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours, shifted)  # the two grids differ
+    with pytest.raises(ValueError, match=r"grid must hold num_steps \+ 1 = 5 times, got shape \(4,\)"):
+        sample_euler(model, cond, x0, num_steps=4, grid=torch.linspace(0, 1, 4))
 
 
 def test_condition_packing_round_trips_and_refuses_oversized_pooled():

@@ -88,8 +88,8 @@ class FlowConfig:
     sampling_steps: int = _help("Euler steps of the sampler during training.", 20)
     guidance_scale: float = _help("Classifier-free guidance weight of the sampler (1 = none).", 1.0)
     time_shift: float | None = _help(
-        "Sampler time-grid shift (1 = uniform); None takes the model's own time_shift (the SD3 scheduler's 3, FLUX's "
-        "resolution-dependent exp(mu)), 1 for models without one.", None)
+        "Sampler time-grid shift (1 = uniform); None takes the model's own time grid (the SD3 scheduler's sigmas, FLUX's "
+        "resolution-dependent exp(mu) shift), uniform for models without one.", None)
     micro_batch_size: int | None = _help(
         "Samples per forward pass (sampling, rewards, loss). A step's chunks accumulate into one optimizer step with "
         "exactly the full batch's gradient, at the cost of one extra no-grad forward; None = the whole step at once.", None)

@@ -37,6 +37,7 @@ def sample_euler(
     num_steps: int,
     guidance_scale: float = 1.0,
     shift: float = 1.0,
+    grid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v(x, t, c) from t = 0 (noise x0) to t = 1 with Euler steps.
 
@@ -48,11 +49,15 @@ def sample_euler(
             when ``guidance_scale`` != 1.
         guidance_scale: classifier-free guidance weight w.
         shift: time-grid shift (see ``adrpo.core.paths.shifted_time_grid``).
+        grid: (num_steps + 1,) increasing times from 0 to 1 to use instead of the shifted
+            grid, e.g. a diffusers scheduler's (``model.time_grid``).
 
     Returns:
         (N, *D) samples x1.
     """
-    grid = shifted_time_grid(num_steps, shift=shift).to(x0.device)
+    grid = (shifted_time_grid(num_steps, shift=shift) if grid is None else grid).to(x0.device)
+    if grid.shape != (num_steps + 1,):
+        raise ValueError(f"grid must hold num_steps + 1 = {num_steps + 1} times, got shape {tuple(grid.shape)}")
     null_cond = model.null_condition(x0.shape[0]) if guidance_scale != 1.0 else cond
     x = x0
     for t0, t1 in zip(grid[:-1], grid[1:]):

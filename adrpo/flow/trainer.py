@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from adrpo.core.advantages import compute_advantages
 from adrpo.core.flow_losses import FlowLoss, preference_pairs, squared_error
 from adrpo.core.metrics import grouped_diversity
-from adrpo.core.paths import StraightPath
+from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.flow import checkpointing
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.engine import configure_deepspeed, default_accelerator, enable_gradient_checkpointing
@@ -190,22 +190,24 @@ class FlowTrainer:
         was_training = model.training
         model.eval()
         net = self.reference if use_reference and self.reference is not None else model
+        num_steps = num_steps or self.config.sampling_steps
         settings = dict(
-            num_steps=num_steps or self.config.sampling_steps,
+            num_steps=num_steps,
             guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-            shift=self.time_shift,
+            grid=self.time_grid(num_steps),
         )
         with self.reference_context() if use_reference else nullcontext():
             out = self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
         model.train(was_training)
         return out
 
-    @property
-    def time_shift(self) -> float:
-        """The sampler's time shift: the config's, else the model's own, else 1 (uniform)."""
+    def time_grid(self, num_steps: int) -> torch.Tensor:
+        """(num_steps + 1,) sampling times: shifted by the config's ``time_shift`` when set, else
+        the model's own ``time_grid`` (a diffusers scheduler's), else uniform."""
         if self.config.time_shift is not None:
-            return self.config.time_shift
-        return float(getattr(self.policy, "time_shift", 1.0))
+            return shifted_time_grid(num_steps, shift=self.config.time_shift)
+        own = getattr(self.policy, "time_grid", None)
+        return own(num_steps) if own is not None else shifted_time_grid(num_steps)
 
     # ----------------------------------------------------------------- training
     def step(self) -> dict[str, float]:

@@ -111,7 +111,7 @@ def velocity_model(pipeline, *, resolution: int, max_sequence_length: int | None
     from adrpo.flow.models.sd3 import SD3Velocity, sd3_prompt_encoder
 
     return SD3Velocity(pipeline.transformer, sd3_prompt_encoder(pipeline, max_sequence_length=length), resolution=resolution,
-                       vae_scale=pipeline.vae_scale_factor, time_shift=pipeline.scheduler.config.shift)
+                       vae_scale=pipeline.vae_scale_factor, scheduler=pipeline.scheduler)
 
 
 def check_reward_entry(entry, index: int | None) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from adrpo.core.paths import shifted_time_grid
+
 PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -37,8 +39,7 @@ class CachedPromptVelocity(nn.Module):
         transformer: the diffusers transformer (the trained part; LoRA attaches here).
         encode: ``prompts -> ((N, L, D) embeds, (N, P) pooled)``.
         pooled_dim: P.
-        time_shift: the pipeline scheduler's shift, used by the trainer when its config
-            leaves ``time_shift`` unset.
+        time_shift: the pipeline scheduler's shift, behind :meth:`time_grid`.
 
     The transformer runs in its own dtype (e.g. bfloat16 weights, with or without autocast);
     states and velocities stay in the trainer's dtype (float32) on either side of it.
@@ -67,6 +68,10 @@ class CachedPromptVelocity(nn.Module):
                 self._cache[prompt] = row
         device = next(self.transformer.parameters()).device
         return torch.stack([self._cache[p] for p in prompts]).to(device)
+
+    def time_grid(self, num_steps: int) -> torch.Tensor:
+        """(num_steps + 1,) sampling times, the trainer's default when its ``time_shift`` is unset."""
+        return shifted_time_grid(num_steps, shift=self.time_shift)
 
     def null_condition(self, n: int) -> torch.Tensor:
         """(n, L + 1, D): the encoded empty prompt, the negative of classifier-free guidance."""

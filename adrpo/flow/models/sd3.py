@@ -6,9 +6,10 @@ v_θ(x_t, t, c) = −transformer(x_t, timestep=1000·(1 − t), c). The data are
 (C, H/8, W/8); images are decoded only where a reward needs pixels
 (:class:`adrpo.flow.models.diffusers_common.LatentDecoder`).
 
-Sampling with :func:`adrpo.flow.sampler.sample_euler` and ``shift = 3`` reproduces the
-pipeline called with ``sigmas = linspace(1, 1/N, N)`` (tested); the pipeline's default grid
-ends at the scheduler's sigma_min instead of 1/N, a small difference in the last steps.
+Given the pipeline's scheduler, :meth:`SD3Velocity.time_grid` is the scheduler's own sigmas
+for N steps, so that sampling with it reproduces the pipeline's default call (tested); a fixed
+``time_shift`` (the trainer's config) reproduces the pipeline called with
+``sigmas = linspace(1, 1/N, N)`` (also tested).
 
 Conditioning comes from the pipeline's own ``encode_prompt`` (CLIP-L, CLIP-G and T5, any of
 which may be absent), computed once per prompt and cached, packed as in
@@ -17,10 +18,12 @@ which may be absent), computed once per prompt and cached, packed as in
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from adrpo.core.paths import t_to_sigma, velocity_from_diffusers
+from adrpo.core.paths import sigma_to_t, t_to_sigma, velocity_from_diffusers
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity, PromptEncoder, unpack_condition
 
 
@@ -46,15 +49,25 @@ class SD3Velocity(CachedPromptVelocity):
         encode: ``prompts -> ((N, L, D) embeds, (N, P) pooled)``, e.g. :func:`sd3_prompt_encoder`.
         resolution: image side in pixels; latents are (C, resolution // vae_scale, same).
         vae_scale: the VAE's downsampling factor (8 for SD3).
-        time_shift: the scheduler's shift (3 for SD3), the sampler's default.
+        scheduler: the pipeline's ``FlowMatchEulerDiscreteScheduler`` (a private copy is kept);
+            without one the grid is SD3's shift of 3 on linspace(1, 0, N + 1).
     """
 
-    def __init__(self, transformer: nn.Module, encode: PromptEncoder, *, resolution: int, vae_scale: int = 8, time_shift: float = 3.0):
-        super().__init__(transformer, encode, pooled_dim=transformer.config.pooled_projection_dim, time_shift=time_shift)
+    def __init__(self, transformer: nn.Module, encode: PromptEncoder, *, resolution: int, vae_scale: int = 8, scheduler=None):
+        shift = scheduler.config.shift if scheduler is not None else 3.0
+        super().__init__(transformer, encode, pooled_dim=transformer.config.pooled_projection_dim, time_shift=shift)
+        self.scheduler = copy.deepcopy(scheduler)
         if resolution % (vae_scale * transformer.config.patch_size):
             raise ValueError(f"resolution {resolution} must be a multiple of {vae_scale * transformer.config.patch_size}")
         side = resolution // vae_scale
         self.data_shape = (transformer.config.in_channels, side, side)
+
+    def time_grid(self, num_steps: int) -> torch.Tensor:
+        """(num_steps + 1,) times 1 − sigma of the scheduler's ``set_timesteps(num_steps)``."""
+        if self.scheduler is None:
+            return super().time_grid(num_steps)
+        self.scheduler.set_timesteps(num_steps, device="cpu")
+        return sigma_to_t(self.scheduler.sigmas.double()).float()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w), (N,), (N, L + 1, D) -> (N, C, h, w)."""
