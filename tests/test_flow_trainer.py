@@ -450,3 +450,19 @@ def test_micro_batched_training_matches_whole_batches(tmp_path):
 def test_gradient_checkpointing_needs_a_diffusers_model(tmp_path):
     with pytest.raises(ValueError, match="gradient_checkpointing: MLPVelocityModel has no enable_gradient_checkpointing"):
         FlowTrainer(make_config(tmp_path, gradient_checkpointing=True), tiny_model(), target_reward, PROMPTS)
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "zero3"])
+def test_parameter_sharding_engines_are_refused_by_name(engine):
+    from types import SimpleNamespace
+
+    from accelerate import DistributedType
+
+    from adrpo.flow.engine import check_whole_parameters
+
+    if engine == "fsdp":
+        accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(deepspeed_plugin=None))
+    else:
+        accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    with pytest.raises(ValueError, match="does not support FSDP" if engine == "fsdp" else "does not support DeepSpeed ZeRO-3"):
+        check_whole_parameters(accelerator)

@@ -1,6 +1,7 @@
 """What the flow trainer asks of the engines under it: the Accelerator for the launch
-environment, the DeepSpeed settings that cannot be inferred without a dataloader, and
-activation checkpointing in a diffusers transformer.
+environment, an engine that keeps whole parameters on every process, the DeepSpeed settings
+that cannot be inferred without a dataloader, and activation checkpointing in a diffusers
+transformer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, InitProcessGroupKwargs
+from accelerate import Accelerator, DistributedType, InitProcessGroupKwargs
 from torch import nn
 
 from adrpo.flow.config import FlowConfig
@@ -25,6 +26,16 @@ def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
         cpu=not cuda and not cpu_deepspeed, log_with=trackers or None, project_dir=str(output_dir),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
     )
+
+
+def check_whole_parameters(accelerator: Accelerator) -> None:
+    """Refuse FSDP and ZeRO-3: the trainer samples and computes the reference with the
+    unwrapped module, which needs every parameter whole on every process."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("the flow trainer does not support FSDP (it samples with the unwrapped module); use DDP or DeepSpeed ZeRO-1/2")
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        raise ValueError("the flow trainer does not support DeepSpeed ZeRO-3 (it samples with the unwrapped module); use zero_stage 1 or 2")
 
 
 def configure_deepspeed(accelerator: Accelerator, config: FlowConfig) -> None:

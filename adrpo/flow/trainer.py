@@ -39,7 +39,7 @@ from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.flow import checkpointing
 from adrpo.flow.config import FlowConfig
-from adrpo.flow.engine import configure_deepspeed, default_accelerator, enable_gradient_checkpointing
+from adrpo.flow.engine import check_whole_parameters, configure_deepspeed, default_accelerator, enable_gradient_checkpointing
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.sampler import sample_euler
@@ -88,6 +88,7 @@ class FlowTrainer:
         self.output_dir = Path(config.output_dir)
         trackers = [name for name in config.report_to if name != "none"]
         self.accelerator = accelerator or default_accelerator(trackers, self.output_dir)
+        check_whole_parameters(self.accelerator)
         set_seed(config.seed)
         model.requires_grad_(True)
         if config.gradient_checkpointing:
