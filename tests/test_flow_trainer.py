@@ -466,3 +466,21 @@ def test_parameter_sharding_engines_are_refused_by_name(engine):
         accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
     with pytest.raises(ValueError, match="does not support FSDP" if engine == "fsdp" else "does not support DeepSpeed ZeRO-3"):
         check_whole_parameters(accelerator)
+
+
+def test_lora_checkpoints_hold_only_the_adapters_and_refuse_other_lora_settings(tmp_path):
+    from safetensors.torch import load_file
+
+    lora = dict(lora_rank=2, lora_target_modules=["proj_in", "proj"])
+    trainer = FlowTrainer(make_config(tmp_path / "lora", num_steps=1, **lora), tiny_model(), target_reward, PROMPTS)
+    trainer.train()
+    saved = load_file(tmp_path / "lora" / "checkpoints" / "step-00000001" / "model.safetensors")
+    assert set(saved) == set(dict(trainer.model.named_parameters())) - {n for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert saved and all("lora_" in name for name in saved)
+    full = FlowTrainer(make_config(tmp_path / "full", num_steps=1), tiny_model(), target_reward, PROMPTS)
+    full.train()
+    assert set(load_file(tmp_path / "full" / "checkpoints" / "step-00000001" / "model.safetensors")) == set(full.model.state_dict())
+
+    other = FlowTrainer(make_config(tmp_path / "lora", num_steps=2, lora_rank=2, lora_target_modules=["proj"]), tiny_model(), target_reward, PROMPTS)
+    with pytest.raises(ValueError, match="weights do not match the model's trainable ones .*other LoRA settings"):
+        other.train(resume_from_checkpoint=True)

@@ -1,6 +1,6 @@
-"""Crash-safe run files: the trainer state accelerate checkpoints, checkpoint directories
-that appear whole or not at all, and a metrics JSONL that a resumed run continues without
-duplicate or lost lines.
+"""Crash-safe run files: the trainer state accelerate checkpoints, adapter-only model files
+in LoRA mode, checkpoint directories that appear whole or not at all, and a metrics JSONL
+that a resumed run continues without duplicate or lost lines.
 """
 
 from __future__ import annotations
@@ -52,6 +52,41 @@ class TrainerState:
         self.cursor = mine["cursor"]
         if state["snapshot"] is not None:
             self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
+
+
+def save_only_trainable(accelerator, model: torch.nn.Module) -> None:
+    """Make ``accelerator.save_state`` write only ``model``'s trainable (LoRA) weights, and
+    ``load_state`` read them back, checking the names. The frozen base is rebuilt from the
+    pipeline on resume, as the reference is: a FLUX checkpoint holds megabytes, not 24 GB.
+
+    DeepSpeed and FSDP save and load the model themselves; there the hooks do nothing.
+    """
+    from accelerate.utils import SAFE_WEIGHTS_NAME
+    from safetensors.torch import load_file
+
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+
+    def keep_trainable(models: list, weights: list, output_dir: str) -> None:
+        for index, candidate in enumerate(models[: len(weights)]):
+            if candidate is model:
+                weights[index] = {name: weights[index][name] for name in names}
+
+    def load_trainable(models: list, input_dir: str) -> None:
+        if not any(candidate is model for candidate in models):
+            return
+        state = load_file(os.path.join(input_dir, SAFE_WEIGHTS_NAME))
+        missing, unexpected = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {input_dir}: its weights do not match the model's trainable ones "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it saved with other LoRA settings?")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in names:
+                params[name].copy_(state[name])
+        models[:] = [candidate for candidate in models if candidate is not model]
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

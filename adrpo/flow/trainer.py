@@ -15,9 +15,10 @@ up to exactly the whole step's; ``gradient_checkpointing`` recomputes a diffuser
 transformer's activations. Under DeepSpeed the engine's micro-batch size and gradient
 clipping are filled from the config.
 
-Resuming: checkpoints hold model, optimizer, accelerate's RNG states and the trainer state
-(step, sampling-policy snapshot, random generator, prompt order). The reference is *not*
-saved: build the trainer from the same base model and call ``train(resume_from_checkpoint=True)``.
+Resuming: checkpoints hold the model (in LoRA mode its adapter weights only), optimizer,
+accelerate's RNG states and the trainer state (step, sampling-policy snapshot, random
+generator, prompt order). The reference and a LoRA base are *not* saved: build the trainer
+from the same base model and call ``train(resume_from_checkpoint=True)``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class FlowTrainer:
         if config.sampler_refresh_every > 1:
             self.state.snapshot = {name: p.detach().clone() for name, p in self.trainable.items()}
         self.accelerator.register_for_checkpointing(self.state)
+        if config.lora_rank:
+            checkpointing.save_only_trainable(self.accelerator, self.model)
         self.metrics_log = checkpointing.MetricsLog(self.output_dir / "metrics.jsonl")
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.accelerator.init_trackers("adrpo", config={k: str(v) if isinstance(v, list) else v for k, v in config.to_dict().items()})
