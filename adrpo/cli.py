@@ -107,11 +107,14 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
     rows = trainer.train(resume_from_checkpoint=args.resume, evaluator=task.evaluate, eval_steps=values.get("eval_steps", 0))
+    exported = task.export(trainer) if hasattr(task, "export") else None
     if not trainer.accelerator.is_main_process:
         return
     evals = [row for row in rows if "eval/reward" in row]
     for row in (evals[0], evals[-1]) if evals else ():
         print(f"step {row['step']:>5}: reward {row['eval/reward']:.4f}  diversity {row['eval/diversity']:.4f}  w2 {row['eval/w2']:.5f}")
+    if exported is not None:
+        print(f"weights for diffusers: {exported}")
     print(f"run directory: {config.output_dir}")
 
 

@@ -168,3 +168,31 @@ def test_lora_mode_holds_one_base_and_full_finetuning_three(family, lora, reques
         assert trainer.reference is None and held_bytes(tensors) == base + 2 * adapters
     else:  # a frozen reference copy and a full snapshot
         assert held_bytes(tensors) == 3 * base
+
+
+@pytest.mark.parametrize("family", ["tiny_sd3", "tiny_flux"])
+@pytest.mark.parametrize("lora", [True, False])
+def test_exported_weights_load_into_a_fresh_diffusers_pipeline(family, lora, request, tmp_path):
+    from adrpo.tasks.text_to_image import load_pipeline, velocity_model
+
+    folders = request.getfixturevalue(family)
+    task = make_task(folders)
+    adapters = {**LORA, "lora_alpha": 5} if lora else {}  # alpha != rank: the scale must travel with the weights
+    config = FlowConfig(num_steps=2, prompts_per_step=2, group_size=2, sampling_steps=2, learning_rate=0.05, output_dir=str(tmp_path),
+                        report_to=["none"], progress_bar=False, **adapters)
+    trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+    trainer.train()
+    folder = task.export(trainer)
+    assert folder == tmp_path / ("lora" if lora else "transformer")
+
+    fresh = load_pipeline(str(folders[0]), torch.float32)
+    if lora:
+        fresh.load_lora_weights(str(folder))
+    else:
+        fresh.transformer = type(fresh.transformer).from_pretrained(folder)
+    reloaded = velocity_model(fresh, resolution=8, max_sequence_length=8, distilled_guidance=3.5)
+    x_t, t = torch.randn(2, 4, 8, 8), torch.rand(2)
+    cond = trainer.policy.encode_prompts(PROMPTS)
+    trained = trainer.policy(x_t, t, cond)
+    assert not torch.allclose(trained, trainer.reference_velocity(x_t, t, cond))  # training moved the model
+    torch.testing.assert_close(reloaded(x_t, t, cond), trained)

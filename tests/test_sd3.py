@@ -158,7 +158,9 @@ def test_fm_train_runs_and_resumes_on_tiny_sd3(tiny_sd3, tmp_path, capsys):
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
     assert all({"eval/reward", "eval/diversity", "eval/w2"} <= set(row) for row in rows)
     assert sorted(p.name for p in (tmp_path / "run" / "eval_grids").iterdir()) == [f"step-0000000{i}.png" for i in range(4)]
-    assert "step     3: reward" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "step     3: reward" in out and f"weights for diffusers: {tmp_path / 'run' / 'lora'}" in out
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_weighted_rewards_and_an_unsupported_pipeline_is_refused(tiny_sd3, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 
@@ -22,3 +23,17 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
     """Run the base model: inside the block the LoRA adapters contribute nothing."""
     with model.disable_adapter():
         yield
+
+
+def adapter_state_dict(model: nn.Module, *, prefix: str) -> dict[str, torch.Tensor]:
+    """The trained adapter weights of a peft-wrapped ``model`` keyed from the submodule at
+    ``prefix`` (e.g. "transformer"), without adapter names: the layout diffusers'
+    ``save_lora_weights`` expects, e.g. ``transformer_blocks.0.attn.to_q.lora_A.weight``."""
+    from peft import get_peft_model_state_dict
+
+    head = f"base_model.model.{prefix}."
+    state = get_peft_model_state_dict(model)
+    outside = sorted(name for name in state if not name.startswith(head))
+    if outside:
+        raise ValueError(f"adapter weights outside {prefix!r}: {outside[:3]}")
+    return {name.removeprefix(head): value.detach().cpu() for name, value in state.items()}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,6 +225,28 @@ class TextToImageTask:
             raise ValueError(f"prompt {missing[0]!r} was not encoded before the text encoders were freed (free_text_encoders)")
 
         self._model.encode = refuse
+
+    def export(self, trainer) -> Path:
+        """Write the fine-tuned transformer where diffusers reads it (main process; atomic):
+        in LoRA mode ``<output_dir>/lora`` for ``pipeline.load_lora_weights(folder)``, else the
+        whole transformer to ``<output_dir>/transformer`` (``from_pretrained``). Returns it."""
+        from adrpo.flow.lora import adapter_state_dict
+
+        lora = trainer.reference is None
+        folder = trainer.output_dir / ("lora" if lora else "transformer")
+        if trainer.accelerator.is_main_process:
+            tmp = folder.with_name(f".{folder.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if lora:
+                metadata = trainer.policy.peft_config["default"].to_dict()
+                type(self.pipeline).save_lora_weights(tmp, transformer_lora_layers=adapter_state_dict(trainer.policy, prefix="transformer"),
+                                                      transformer_lora_adapter_metadata=metadata)
+            else:
+                trainer.policy.transformer.save_pretrained(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        trainer.accelerator.wait_for_everyone()
+        return folder
 
     def embed(self, samples: torch.Tensor) -> torch.Tensor:
         """ClipDiversity embedding: (N, C, h, w) latents -> (N, E) unit-norm CLIP image embeddings."""
