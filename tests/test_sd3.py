@@ -248,3 +248,21 @@ def test_each_launched_process_loads_the_pipeline_on_its_own_gpu(monkeypatch):
     assert local_device() == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert local_device() == torch.device("cpu")
+
+
+def test_eval_grids_reach_tensorboard_and_wandb(tiny_sd3, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task = make_task(tiny_sd3)
+    config = FlowConfig(num_steps=1, prompts_per_step=2, group_size=2, sampling_steps=2, output_dir=str(tmp_path),
+                        report_to=["tensorboard"], progress_bar=False, **LORA)
+    trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+    logged = []
+    wandb = type("FakeWandb", (), {"name": "wandb", "log": lambda self, values, step, **kwargs: None, "finish": lambda self: None,
+                                   "log_images": lambda self, values, step: logged.append((step, values))})()
+    trainer.accelerator.trackers.append(wandb)
+    trainer.train(evaluator=task.evaluate)
+    assert [step for step, _ in logged] == [0, 1]
+    assert logged[0][1]["eval/samples"][0].shape == (2 * 8, 2 * 8, 3)  # 2 prompts x 2 samples of 8 px
+    events = [EventAccumulator(str(path.parent)).Reload() for path in tmp_path.rglob("events.out.tfevents.*")]
+    assert any("eval/samples" in e.Tags()["images"] for e in events)

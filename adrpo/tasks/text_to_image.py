@@ -14,8 +14,8 @@ VAE latents, decoded only for the rewards. Rewards (``reward``: one entry or a w
 ClipDiversity: the mean pairwise Euclidean distance of unit-norm CLIP image embeddings among
 the samples of one prompt (range [0, 2]), averaged over prompts; the CLIP model is
 ``diversity_model`` or else the first CLIP-based reward's. Evaluations also write an image
-grid per call (rows = prompts, columns = samples) to ``<output_dir>/eval_grids/`` and to
-TensorBoard when it is a tracker.
+grid per call (rows = prompts, columns = samples) to ``<output_dir>/eval_grids/`` and to the
+TensorBoard and wandb trackers.
 
 ``build_tiny_sd3(folder)`` and ``build_tiny_flux(folder)`` write tiny random pipelines and a
 tiny CLIP model for CPU tests and the ``sd3-tiny`` / ``flux-tiny`` presets (no hub:
@@ -273,7 +273,9 @@ class TextToImageTask:
             Image.fromarray(pixels).save(folder / f"step-{trainer.state.step:08d}.png")
             for tracker in trainer.accelerator.trackers:
                 if tracker.name == "tensorboard":
-                    tracker.writer.add_image("eval/samples", pixels, trainer.state.step, dataformats="HWC")
+                    tracker.log_images({"eval/samples": pixels[None]}, trainer.state.step, dataformats="NHWC")
+                elif tracker.name == "wandb":
+                    tracker.log_images({"eval/samples": [pixels]}, trainer.state.step)
 
 
 
