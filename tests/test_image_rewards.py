@@ -157,3 +157,20 @@ def test_task_with_a_prompt_free_reward_needs_a_diversity_model(tiny_sd3, tmp_pa
     digits_part, aesthetic_part = (r(latents, ["a bold seven", "a thin one"]) for r in mixed.reward.rewards)
     torch.testing.assert_close(mixed.reward(latents, ["a bold seven", "a thin one"]), 2 * digits_part + aesthetic_part)
     assert mixed.clip is mixed.reward.rewards[1]  # ClipDiversity from the aesthetic reward's CLIP
+
+
+def test_latents_are_decoded_once_for_all_rewards_and_the_diversity_embedding(tiny_sd3, tmp_path):
+    task = build_task("text_to_image", dict(pipeline=str(tiny_sd3[0]), prompts=["a red cat"], resolution=8, max_sequence_length=8,
+                                            reward=[{"type": "clip_score", "model": str(tiny_sd3[1])},
+                                                    {"type": "pick_score", "model": str(tiny_sd3[1]), "weight": 0.5}]), seed=0)
+    calls = []
+    decode = task.pipeline.vae.decode
+    task.pipeline.vae.decode = lambda *args, **kwargs: calls.append(1) or decode(*args, **kwargs)
+    latents = torch.randn(3, 4, 8, 8)
+    first = task.reward(latents, ["a red cat"] * 3)
+    task.embed(latents)
+    task.embed(latents[:2])  # another view: decoded anew
+    assert len(calls) == 2
+    latents.mul_(2)  # modified in place: decoded anew, and the rewards follow
+    assert not torch.allclose(task.reward(latents, ["a red cat"] * 3), first)
+    assert len(calls) == 3

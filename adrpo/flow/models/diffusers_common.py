@@ -80,15 +80,27 @@ class CachedPromptVelocity(nn.Module):
 
 class LatentDecoder:
     """Latents -> images in [0, 1]: (N, C, h, w) -> (N, 3, H, W), through a pipeline's VAE
-    (undoing its ``scaling_factor`` and ``shift_factor``)."""
+    (undoing its ``scaling_factor`` and ``shift_factor``).
+
+    The last call's images are kept, so that several rewards and the diversity embedding of
+    the same latents decode them once. The cache holds the latents themselves (their memory
+    cannot be reused while cached) and is keyed by their address, layout and version counter,
+    so a different or in-place-modified tensor decodes anew.
+    """
 
     def __init__(self, vae: nn.Module):
         self.vae = vae
         self.scaling = vae.config.scaling_factor
         self.shift = vae.config.shift_factor or 0.0
+        self._last: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        key = (latents.data_ptr(), latents.device, tuple(latents.shape), latents.stride(), latents._version)
+        if self._last is not None and self._last[0] == key:
+            return self._last[2]
         vae_dtype = next(self.vae.parameters()).dtype
         images = self.vae.decode((latents / self.scaling + self.shift).to(vae_dtype), return_dict=False)[0]
-        return ((images.float() + 1) / 2).clamp(0, 1)
+        images = ((images.float() + 1) / 2).clamp(0, 1)
+        self._last = (key, latents, images)
+        return images
