@@ -74,6 +74,13 @@ def test_hub_file_specs_go_through_huggingface_hub(monkeypatch, tmp_path):
     assert resolve_file("camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth", "head") == target
     assert calls == [("camenduru/improved-aesthetic-predictor", "sac+logos+ava1-l14-linearMSE.pth")]
 
+    def offline(repo_id, filename):
+        raise OSError("no connection")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ValueError, match=r"head: 'runs/missing/head.pth' is not a local file and could not be fetched .*no connection"):
+        resolve_file("runs/missing/head.pth", "head")
+
 
 class FakeTokens:
     def __init__(self, prompts, max_length):

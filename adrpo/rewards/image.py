@@ -118,7 +118,10 @@ def resolve_file(spec: str, field: str) -> Path:
         raise ValueError(f"{field}: no file at {spec!r} (give a local file or a hub 'owner/repo/file')")
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:])))
+    try:
+        return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:])))
+    except Exception as err:  # offline, unknown repo or file: all mean the spec is unusable here
+        raise ValueError(f"{field}: {spec!r} is not a local file and could not be fetched from the hub as owner/repo/file ({err})") from err
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
