@@ -5,6 +5,7 @@
     adrpo fm train --config adrpo/configs/digits-train.yaml [--resume]
     adrpo fm make-tiny-sd3 runs/tiny-sd3 && adrpo fm train --preset sd3-tiny   # SD3 path on a CPU
     adrpo fm make-tiny-flux runs/tiny-flux && adrpo fm train --preset flux-tiny  # FLUX path on a CPU
+    adrpo fm export --preset flux-tiny --checkpoint runs/flux-tiny/checkpoints/step-00000002 --output lora-step2
     adrpo grpo train --config my-grpo.yaml [--resume]  # ADRPO-GRPO (or stock GRPO) on TRL
     adrpo grpo compare --preset arithmetic-quick       # GRPO β sweep vs ADRPO on the LLM miniature
     adrpo presets                                     # list the bundled YAML presets
@@ -88,7 +89,8 @@ def cmd_fm_compare(args: argparse.Namespace) -> None:
     print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}\nruns:  {Path(spec.output_dir) / 'runs'}")
 
 
-def cmd_fm_train(args: argparse.Namespace) -> None:
+def _flow_run(args: argparse.Namespace):
+    """(values, config, task, trainer) of an `fm train` config."""
     from adrpo.flow.config import FlowConfig
     from adrpo.flow.trainer import FlowTrainer
     from adrpo.tasks import build_task
@@ -106,6 +108,11 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     config = FlowConfig.from_dict(values.get("trainer", {}))
     task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
+    return values, config, task, trainer
+
+
+def cmd_fm_train(args: argparse.Namespace) -> None:
+    values, config, task, trainer = _flow_run(args)
     rows = trainer.train(resume_from_checkpoint=args.resume, evaluator=task.evaluate, eval_steps=values.get("eval_steps", 0))
     exported = task.export(trainer) if hasattr(task, "export") else None
     if not trainer.accelerator.is_main_process:
@@ -116,6 +123,16 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     if exported is not None:
         print(f"weights for diffusers: {exported}")
     print(f"run directory: {config.output_dir}")
+
+
+def cmd_fm_export(args: argparse.Namespace) -> None:
+    _, _, task, trainer = _flow_run(args)
+    if not hasattr(task, "export"):
+        raise ValueError(f"task {task.name!r} has no diffusers export")
+    trainer.load_checkpoint(args.checkpoint)
+    folder = task.export(trainer, args.output)
+    if trainer.accelerator.is_main_process:
+        print(f"weights for diffusers (step {trainer.state.step}): {folder}")
 
 
 def cmd_fm_make_tiny(args: argparse.Namespace) -> None:
@@ -169,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = fm.add_parser("train", help="one fine-tuning run from a YAML file")
     train.set_defaults(func=cmd_fm_train)
+    export = fm.add_parser("export", help="write a checkpoint of an `fm train` run as diffusers weights (LoRA or transformer)")
+    export.add_argument("--checkpoint", required=True, help="a checkpoints/step-NNNNNNNN directory of the run")
+    export.add_argument("--output", required=True, help="the folder to write")
+    export.set_defaults(func=cmd_fm_export)
     for family in ("sd3", "flux"):
         tiny = fm.add_parser(f"make-tiny-{family}", help=f"write a tiny random {family.upper()} pipeline and CLIP model (CPU tests, {family}-tiny preset)")
         tiny.add_argument("folder")
@@ -182,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     grpo_compare.add_argument("--output-dir", dest="output_dir")
     grpo_compare.add_argument("--seeds", type=int, nargs="+")
     grpo_compare.set_defaults(func=cmd_grpo_compare)
-    for sub in (compare, train, grpo_parser, grpo_train, grpo_compare):
+    for sub in (compare, train, export, grpo_parser, grpo_train, grpo_compare):
         sub.add_argument("--preset", help=f"a bundled preset ({', '.join(list_presets())})")
         sub.add_argument("--config", help="a YAML file")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML key (dotted)")
@@ -195,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:  # configuration errors name their field; show them without a traceback
+    except (ValueError, FileNotFoundError) as err:  # input errors name their field or path; no traceback
         print(f"adrpo: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

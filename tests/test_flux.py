@@ -129,7 +129,22 @@ def test_fm_train_runs_and_resumes_on_tiny_flux(tiny_flux, tmp_path, capsys):
     cli.main(["fm", "train", "--config", str(config)])
     straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert resumed == straight  # resuming lands exactly where an uninterrupted run does
-    assert "step     2: reward" in capsys.readouterr().out
+
+    # a checkpoint exported afterwards equals the run's own final export; an earlier one differs
+    from safetensors.torch import load_file
+
+    for step in (1, 2):
+        cli.main(["fm", "export", "--config", str(config), "--checkpoint", str(tmp_path / "straight" / "checkpoints" / f"step-0000000{step}"),
+                  "--output", str(tmp_path / f"export-{step}")])
+    final = load_file(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors")
+    exports = [load_file(tmp_path / f"export-{step}" / "pytorch_lora_weights.safetensors") for step in (1, 2)]
+    assert final.keys() == exports[1].keys() and all(torch.equal(final[k], exports[1][k]) for k in final)
+    assert any(not torch.equal(final[k], exports[0][k]) for k in final)
+    out = capsys.readouterr().out
+    assert "step     2: reward" in out and "weights for diffusers (step 1)" in out
+    with pytest.raises(SystemExit):
+        cli.main(["fm", "export", "--config", str(config), "--checkpoint", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")])
+    assert "no checkpoint directory at" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["tiny_sd3", "tiny_flux"])

@@ -385,8 +385,13 @@ class FlowTrainer:
                 return
         else:
             path = Path(resume_from_checkpoint)
-            if not path.is_dir():
-                raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
-        self.accelerator.load_state(str(path))
+        self.load_checkpoint(path)
         if self.accelerator.is_main_process:
             self.metrics_log.truncate_after(self.state.step)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimizer, RNG states and trainer state from a checkpoint
+        directory (``metrics.jsonl`` is left alone)."""
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"no checkpoint directory at {path}")
+        self.accelerator.load_state(str(path))

@@ -226,15 +226,17 @@ class TextToImageTask:
 
         self._model.encode = refuse
 
-    def export(self, trainer) -> Path:
+    def export(self, trainer, folder: str | Path | None = None) -> Path:
         """Write the fine-tuned transformer where diffusers reads it (main process; atomic):
-        in LoRA mode ``<output_dir>/lora`` for ``pipeline.load_lora_weights(folder)``, else the
-        whole transformer to ``<output_dir>/transformer`` (``from_pretrained``). Returns it."""
+        in LoRA mode ``pytorch_lora_weights.safetensors`` for ``pipeline.load_lora_weights(folder)``,
+        else the whole transformer (``from_pretrained``). ``folder`` defaults to
+        ``<output_dir>/lora`` or ``<output_dir>/transformer``. Returns it."""
         from adrpo.flow.lora import adapter_state_dict
 
         lora = trainer.reference is None
-        folder = trainer.output_dir / ("lora" if lora else "transformer")
+        folder = Path(folder) if folder is not None else trainer.output_dir / ("lora" if lora else "transformer")
         if trainer.accelerator.is_main_process:
+            folder.parent.mkdir(parents=True, exist_ok=True)
             tmp = folder.with_name(f".{folder.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             if lora:
