@@ -24,12 +24,12 @@ def evaluate_flow_policy(
     group: int,
     num_steps: int,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Metrics of a FlowTrainer's current policy on fixed noise, and its samples.
+    """Metrics of a FlowTrainer's current policy on fixed noise, and its samples; every pass
+    (sampling, velocities, reward, embedding) runs in the trainer's micro-batches.
 
     Args:
         prompts: N prompt-major prompts (G = ``group`` samples of each).
         x0: (N, *D) sampling noise; noise, t: (N, *D) and (N,) for the W2 proxy's paths.
-        Every pass runs in the trainer's micro-batches.
 
     Returns:
         {"reward": mean reward, "diversity": mean over prompts of the mean pairwise embedding
