@@ -89,8 +89,9 @@ def cmd_fm_compare(args: argparse.Namespace) -> None:
     print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}\nruns:  {Path(spec.output_dir) / 'runs'}")
 
 
-def _flow_run(args: argparse.Namespace):
-    """(values, config, task, trainer) of an `fm train` config."""
+def _flow_run(args: argparse.Namespace, *, trackers: bool = True):
+    """(values, config, task, trainer) of an `fm train` config; ``trackers=False`` opens no
+    TensorBoard/wandb run (for commands that only read the run)."""
     from adrpo.flow.config import FlowConfig
     from adrpo.flow.trainer import FlowTrainer
     from adrpo.tasks import build_task
@@ -105,7 +106,7 @@ def _flow_run(args: argparse.Namespace):
             task_args[key] = _relative_to_config(args, task_args[key])
         elif isinstance(task_args.get(key), dict) and "path" in task_args[key]:
             task_args[key]["path"] = _relative_to_config(args, task_args[key]["path"])
-    config = FlowConfig.from_dict(values.get("trainer", {}))
+    config = FlowConfig.from_dict({**values.get("trainer", {}), **({} if trackers else {"report_to": ["none"]})})
     task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
     return values, config, task, trainer
@@ -126,7 +127,7 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
 
 
 def cmd_fm_export(args: argparse.Namespace) -> None:
-    _, _, task, trainer = _flow_run(args)
+    _, _, task, trainer = _flow_run(args, trackers=False)
     if not hasattr(task, "export"):
         raise ValueError(f"task {task.name!r} has no diffusers export")
     trainer.load_checkpoint(args.checkpoint)
