@@ -95,7 +95,11 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 
 def temporary_dir(root: Path, step: int) -> Path:
     """Where a checkpoint is written before it is renamed into place."""
-    return root / f".tmp-{checkpoint_dir(root, step).name}"
+    return _temporary(checkpoint_dir(root, step))
+
+
+def _temporary(final: Path) -> Path:
+    return final.parent / f".tmp-{final.name}"
 
 
 def _fsync_tree(path: Path) -> None:
@@ -111,14 +115,19 @@ def write_checkpoint_atomically(root: Path, step: int, write: Callable[[Path], N
     A crash inside ``write`` leaves only a hidden ``.tmp-*`` directory, which
     :func:`latest_checkpoint` ignores; the previous checkpoint stays usable.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir(root, step)
-    tmp = temporary_dir(root, step)
+    return write_dir_atomically(checkpoint_dir(root, step), write)
+
+
+def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` beside ``final``, sync it, then rename it to ``final``; an
+    existing ``final`` is replaced only once the new directory is complete."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(final)
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     _fsync_tree(tmp)
     if final.exists():
-        old = root / f".old-{final.name}"
+        old = final.parent / f".old-{final.name}"
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -231,22 +230,22 @@ class TextToImageTask:
         in LoRA mode ``pytorch_lora_weights.safetensors`` for ``pipeline.load_lora_weights(folder)``,
         else the whole transformer (``from_pretrained``). ``folder`` defaults to
         ``<output_dir>/lora`` or ``<output_dir>/transformer``. Returns it."""
+        from adrpo.flow.checkpointing import write_dir_atomically
         from adrpo.flow.lora import adapter_state_dict
 
         lora = trainer.reference is None
         folder = Path(folder) if folder is not None else trainer.output_dir / ("lora" if lora else "transformer")
-        if trainer.accelerator.is_main_process:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = folder.with_name(f".{folder.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        def write(tmp: Path) -> None:
             if lora:
                 metadata = trainer.policy.peft_config["default"].to_dict()
                 type(self.pipeline).save_lora_weights(tmp, transformer_lora_layers=adapter_state_dict(trainer.policy, prefix="transformer"),
                                                       transformer_lora_adapter_metadata=metadata)
             else:
                 trainer.policy.transformer.save_pretrained(tmp)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
+
+        if trainer.accelerator.is_main_process:
+            write_dir_atomically(folder, write)
         trainer.accelerator.wait_for_everyone()
         return folder
 
