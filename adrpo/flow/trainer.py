@@ -122,12 +122,15 @@ class FlowTrainer:
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def in_chunks(self, fn: Callable[[slice], torch.Tensor], n: int) -> torch.Tensor:
-        """``fn`` over consecutive slices of at most ``micro_batch_size`` of range(n), concatenated."""
+    def chunks(self, n: int) -> list[slice]:
+        """Consecutive slices of at most ``micro_batch_size`` covering range(n)."""
         size = self.config.micro_batch_size or n
-        if size >= n:
-            return fn(slice(0, n))
-        return torch.cat([fn(slice(start, min(start + size, n))) for start in range(0, n, size)])
+        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def in_chunks(self, fn: Callable[[slice], torch.Tensor], n: int) -> torch.Tensor:
+        """``fn`` over :meth:`chunks` of range(n), concatenated (no copy for a single chunk)."""
+        parts = [fn(s) for s in self.chunks(n)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn((n, *self.policy.data_shape), generator=self.state.generator, device=self.device)
@@ -283,21 +286,18 @@ class FlowTrainer:
         is exactly the full batch's gradient, for every method, pairs and batch statistics
         included. Gradient synchronisation across processes happens on the last chunk only.
         """
-        n = len(x_t)
-        size = self.config.micro_batch_size or n
-        if size >= n:
+        chunks = self.chunks(len(x_t))
+        if len(chunks) == 1:
             v = self.model(x_t, t, cond)
             out = self.loss_fn(make_batch(v), self.config)
             loss = out.per_sample.mean()
             self.accelerator.backward(loss)
             return loss.detach(), out, v.detach()
         with torch.no_grad():
-            v_all = self.in_chunks(lambda s: self.model(x_t[s], t[s], cond[s]), n)
+            v_all = torch.cat([self.model(x_t[s], t[s], cond[s]) for s in chunks])
             out = self.loss_fn(make_batch(v_all), self.config)
-        starts = range(0, n, size)
-        for start in starts:
-            s = slice(start, min(start + size, n))
-            last = start == starts[-1]
+        for s in chunks:
+            last = s is chunks[-1]
             # DDP: skip the all-reduce; DeepSpeed: backward() steps the engine only at a boundary.
             # accelerate's own accumulate() flips the same private flag.
             self.accelerator.gradient_state._set_sync_gradients(last)
