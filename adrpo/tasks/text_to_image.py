@@ -36,8 +36,8 @@ from adrpo.flow.models.diffusers_common import CachedPromptVelocity, LatentDecod
 from adrpo.tasks.evaluation import evaluate_flow_policy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline")
 MAX_SEQUENCE_LENGTH = {"StableDiffusion3Pipeline": 256, "FluxPipeline": 512}
+PIPELINES = tuple(MAX_SEQUENCE_LENGTH)  # the supported pipeline classes
 # the text encoders each pipeline cannot encode a prompt without (SD3 may lack T5, text_encoder_3)
 REQUIRED_ENCODERS = {
     "StableDiffusion3Pipeline": {"text_encoder": "CLIP-L", "text_encoder_2": "CLIP-G"},
