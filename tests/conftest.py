@@ -136,3 +136,33 @@ def tiny_image_train_config(folders: tuple[Path, Path], output_dir: Path, **trai
         "trainer": {"method": "adrpo", "num_steps": 2, "prompts_per_step": 2, "group_size": 2, "sampling_steps": 2, "checkpoint_steps": 1,
                     "output_dir": str(output_dir), "report_to": ["none"], "progress_bar": False, **IMAGE_LORA, **trainer},
     }
+
+
+# Digits models small enough for the multi-process launch tests to pretrain once in seconds.
+LAUNCH_SETTINGS = {"flow_steps": 100, "classifier_steps": 100, "autoencoder_steps": 100, "flow_width": 64}
+
+
+def write_launch_config(path: Path, cache: Path, output_dir: Path, num_steps: int, *, eval_steps: int = 0, **trainer) -> Path:
+    """An `fm train` YAML on the launch-size digits task (checkpoints every 2 steps)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "task": "digits",
+        "task_args": {"settings": LAUNCH_SETTINGS, "cache": str(cache), "eval_samples": 2},
+        "eval_steps": eval_steps,
+        "trainer": {"method": "adrpo", "num_steps": num_steps, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 4,
+                    "checkpoint_steps": 2, "output_dir": str(output_dir), "report_to": ["none"], "progress_bar": False, **trainer},
+    }))
+    return path
+
+
+def launch_fm_train(launch_args: list[str], config: Path, *extra: str, env: dict | None = None, timeout: int = 240) -> None:
+    """`accelerate launch LAUNCH_ARGS -m adrpo.cli fm train --config CONFIG EXTRA`, which must succeed."""
+    import os
+    import subprocess
+    import sys
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", *launch_args, "-m", "adrpo.cli", "fm", "train", "--config", str(config), *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -3,9 +3,6 @@ run really goes through DeepSpeed, resumes to the same metrics as an uninterrupt
 micro-batches (which must not step the engine per chunk) train like whole batches."""
 
 import json
-import os
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -13,10 +10,9 @@ import pytest
 import yaml
 
 from adrpo.tasks.digits import PretrainSettings, load_or_pretrain
+from conftest import LAUNCH_SETTINGS, launch_fm_train, write_launch_config
 
 pytest.importorskip("deepspeed")
-
-TINY = {"flow_steps": 100, "classifier_steps": 100, "autoencoder_steps": 100, "flow_width": 64}
 
 
 def cpu_zero2_config(path: Path) -> Path:
@@ -30,22 +26,12 @@ def cpu_zero2_config(path: Path) -> Path:
 
 
 def launch(accelerate_config: Path, config: Path, *extra: str) -> None:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--config_file", str(accelerate_config), "-m", "adrpo.cli", "fm", "train", "--config", str(config), *extra]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch_fm_train(["--config_file", str(accelerate_config)], config, *extra, env={"DS_ACCELERATOR": "cpu"}, timeout=400)
 
 
 def write_config(path: Path, cache: Path, output_dir: Path, num_steps: int, **trainer) -> Path:
-    path.write_text(yaml.safe_dump({
-        "task": "digits",
-        "task_args": {"settings": TINY, "cache": str(cache), "eval_samples": 2},
-        "eval_steps": 2,  # so that the 2-step first half and the whole run evaluate at the same steps
-        "trainer": {"method": "adrpo", "num_steps": num_steps, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 4,
-                    "checkpoint_steps": 2, "output_dir": str(output_dir), "report_to": ["none"], "progress_bar": False, **trainer},
-    }))
-    return path
+    # eval_steps 2: the 2-step first half and the whole run evaluate at the same steps
+    return write_launch_config(path, cache, output_dir, num_steps, eval_steps=2, **trainer)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -55,7 +41,7 @@ def metrics(run: Path) -> list[dict]:
 @pytest.mark.timeout(900)
 def test_zero2_trains_resumes_and_accumulates_micro_batches(tmp_path):
     cache = tmp_path / "cache"
-    load_or_pretrain(PretrainSettings(**TINY), cache=cache)
+    load_or_pretrain(PretrainSettings(**LAUNCH_SETTINGS), cache=cache)
     zero2 = cpu_zero2_config(tmp_path / "zero2.yaml")
     launch(zero2, write_config(tmp_path / "whole.yaml", cache, tmp_path / "whole", 4))
     launch(zero2, write_config(tmp_path / "first.yaml", cache, tmp_path / "split", 2))
