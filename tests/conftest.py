@@ -159,10 +159,15 @@ def write_launch_config(path: Path, cache: Path, output_dir: Path, num_steps: in
 def launch_fm_train(launch_args: list[str], config: Path, *extra: str, env: dict | None = None, timeout: int = 240) -> None:
     """`accelerate launch LAUNCH_ARGS -m adrpo.cli fm train --config CONFIG EXTRA`, which must succeed."""
     import os
+    import socket
     import subprocess
     import sys
 
+    with socket.socket() as probe:  # a free rendezvous port: back-to-back launches must not share 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", *launch_args, "-m", "adrpo.cli", "fm", "train", "--config", str(config), *extra]
+    cmd = [str(accelerate), "launch", "--main_process_port", str(port), *launch_args,
+           "-m", "adrpo.cli", "fm", "train", "--config", str(config), *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
