@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import argparse
+import dataclasses
 import sys
 from importlib import resources
 from pathlib import Path
@@ -27,7 +29,7 @@ import yaml
 def preset_path(name: str) -> Path:
     path = Path(str(resources.files("adrpo") / "configs" / f"{name}.yaml"))
     if not path.exists():
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
     return path
 
 
@@ -39,7 +41,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     with open(path) as handle:
         values = yaml.safe_load(handle) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a YAML mapping")
+        raise ConfigError(f"{path} must hold a YAML mapping")
     return values
 
 
@@ -48,20 +50,20 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         *parents, leaf = key.split(".")
         node = values
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {part!r} is not a mapping")
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
         node[leaf] = yaml.safe_load(raw)
     return values
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     if (args.config is None) == (args.preset is None):
-        raise ValueError("give exactly one of --config or --preset")
+        raise ConfigError("give exactly one of --config or --preset")
     path = Path(args.config) if args.config else preset_path(args.preset)
     return apply_overrides(load_yaml(path), args.set)
 
@@ -90,31 +92,28 @@ def cmd_fm_compare(args: argparse.Namespace) -> None:
 
 
 def _flow_run(args: argparse.Namespace, *, trackers: bool = True):
-    """(values, config, task, trainer) of an `fm train` config; ``trackers=False`` opens no
+    """(spec, task, trainer) of an `fm train` config; ``trackers=False`` opens no
     TensorBoard/wandb run (for commands that only read the run)."""
-    from adrpo.flow.config import FlowConfig
+    from adrpo.experiments.train import TrainSpec
     from adrpo.flow.trainer import FlowTrainer
     from adrpo.tasks import build_task
 
-    values = _config_values(args)
-    unknown = sorted(set(values) - {"task", "task_args", "trainer", "eval_steps"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in the train config; known: task, task_args, trainer, eval_steps")
-    task_args = values.setdefault("task_args", {})
+    spec = TrainSpec.from_dict(_config_values(args))
     for key in ("prompts", "eval_prompts"):
-        if isinstance(task_args.get(key), str):
-            task_args[key] = _relative_to_config(args, task_args[key])
-        elif isinstance(task_args.get(key), dict) and "path" in task_args[key]:
-            task_args[key]["path"] = _relative_to_config(args, task_args[key]["path"])
-    config = FlowConfig.from_dict({**values.get("trainer", {}), **({} if trackers else {"report_to": ["none"]})})
-    task = build_task(values.get("task", "digits"), values.get("task_args", {}), seed=config.seed)
+        value = spec.task_args.get(key)
+        if isinstance(value, str):
+            spec.task_args[key] = _relative_to_config(args, value)
+        elif isinstance(value, dict) and "path" in value:
+            value["path"] = _relative_to_config(args, value["path"])
+    config = spec.config if trackers else dataclasses.replace(spec.config, report_to=["none"])
+    task = build_task(spec.task, spec.task_args, seed=config.seed)
     trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
-    return values, config, task, trainer
+    return spec, task, trainer
 
 
 def cmd_fm_train(args: argparse.Namespace) -> None:
-    values, config, task, trainer = _flow_run(args)
-    rows = trainer.train(resume_from_checkpoint=args.resume, evaluator=task.evaluate, eval_steps=values.get("eval_steps", 0))
+    spec, task, trainer = _flow_run(args)
+    rows = trainer.train(resume_from_checkpoint=args.resume, evaluator=task.evaluate, eval_steps=spec.eval_steps)
     exported = task.export(trainer) if hasattr(task, "export") else None
     if not trainer.accelerator.is_main_process:
         return
@@ -123,13 +122,13 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
         print(f"step {row['step']:>5}: reward {row['eval/reward']:.4f}  diversity {row['eval/diversity']:.4f}  w2 {row['eval/w2']:.5f}")
     if exported is not None:
         print(f"weights for diffusers: {exported}")
-    print(f"run directory: {config.output_dir}")
+    print(f"run directory: {spec.config.output_dir}")
 
 
 def cmd_fm_export(args: argparse.Namespace) -> None:
-    _, _, task, trainer = _flow_run(args, trackers=False)
+    _, task, trainer = _flow_run(args, trackers=False)
     if not hasattr(task, "export"):
-        raise ValueError(f"task {task.name!r} has no diffusers export")
+        raise ConfigError(f"task {task.name!r} has no diffusers export")
     trainer.load_checkpoint(args.checkpoint)
     folder = task.export(trainer, args.output)
     if trainer.accelerator.is_main_process:
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # input errors name their field or path; no traceback
+    except ConfigError as err:  # the user's configuration or input, named by field, file or row: one line
         print(f"adrpo: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

@@ -8,6 +8,7 @@ text-to-image task.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,19 @@ def load_prompt_dataset(spec: dict[str, Any], *, field: str = "dataset"):
         path = Path(spec["path"])
         kinds = {".jsonl": "json", ".json": "json", ".csv": "csv"}
         if path.suffix not in kinds:
-            raise ValueError(f"{field}.path {str(path)!r}: expected a .jsonl, .json or .csv file")
+            raise ConfigError(f"{field}.path {str(path)!r}: expected a .jsonl, .json or .csv file")
         if not path.exists():
-            raise ValueError(f"{field}.path {str(path)!r} does not exist")
+            raise ConfigError(f"{field}.path {str(path)!r} does not exist")
         dataset = load_dataset(kinds[path.suffix], data_files=str(path), split="train")
     elif "name" in spec:
         dataset = load_dataset(spec["name"], spec.get("config"), split=spec.get("split", "train"))
     else:
-        raise ValueError(f"{field} needs 'path' (a local file) or 'name' (a datasets id)")
+        raise ConfigError(f"{field} needs 'path' (a local file) or 'name' (a datasets id)")
     renames = {spec[key]: target for key, target in (("prompt_column", "prompt"), ("answer_column", "answer")) if key in spec}
     missing = sorted(set(renames) - set(dataset.column_names))
     if missing:
-        raise ValueError(f"{field} has no column(s) {missing}; columns: {dataset.column_names}")
+        raise ConfigError(f"{field} has no column(s) {missing}; columns: {dataset.column_names}")
     dataset = dataset.rename_columns({old: new for old, new in renames.items() if old != new})
     if "prompt" not in dataset.column_names:
-        raise ValueError(f"{field} has no 'prompt' column (set {field}.prompt_column); columns: {dataset.column_names}")
+        raise ConfigError(f"{field} has no 'prompt' column (set {field}.prompt_column); columns: {dataset.column_names}")
     return dataset

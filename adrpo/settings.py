@@ -3,6 +3,7 @@ GGUF models), cache keys of settings dataclasses, and building dataclasses from 
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import dataclasses
 import hashlib
 import json
@@ -30,5 +31,5 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], what: str) -> T:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")
+        raise ConfigError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")
     return cls(**values)

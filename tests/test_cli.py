@@ -244,3 +244,34 @@ def test_bundled_presets_are_valid():
         assert spec.methods and spec.seeds
         # Only the clip ablation's 2×β0 row is expected to warn.
         assert [str(w.message).split(")")[0] for w in caught] == (["adv_clip_max (2.0"] if name == "digits-clip-ablation" else [])
+
+
+def test_train_config_types_are_checked_by_field(tmp_path, digits_cache, capsys):
+    for changes, piece in (({"eval_steps": "often"}, "eval_steps must be a int, got 'often'"),
+                           ({"task_args": [1]}, "task_args must be a dict"),
+                           ({"eval_steps": -1}, "eval_steps must be >= 0")):
+        values = {"task": "digits", "task_args": task_args(digits_cache), "trainer": dict(TRAINER), **changes}
+        with pytest.raises(SystemExit) as info:
+            cli.main(["fm", "train", "--config", str(write_yaml(tmp_path / "a.yaml", values))])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and piece in err, err
+
+
+def test_errors_other_than_configuration_keep_their_traceback(tmp_path, digits_cache, monkeypatch, capsys):
+    """A RewardError (or any library error) mid-run is not a one-line configuration error: it
+    propagates with its traceback instead of being printed as `adrpo: error:` and exit 2."""
+    from adrpo.rewards.base import RewardError
+
+    def failing_step(self):
+        raise RewardError("method='adrpo', step 3, reward 'digits': sample 5 got NaN")
+
+    monkeypatch.setattr(FlowTrainer, "step", failing_step)
+    values = {"task": "digits", "task_args": task_args(digits_cache), "trainer": {**TRAINER, "output_dir": str(tmp_path / "run")}}
+    with pytest.raises(RewardError, match="step 3"):
+        cli.main(["fm", "train", "--config", str(write_yaml(tmp_path / "a.yaml", values))])
+    assert "adrpo: error:" not in capsys.readouterr().err
+
+    monkeypatch.setattr(FlowTrainer, "step", lambda self: {}["missing"])
+    with pytest.raises(KeyError):
+        cli.main(["fm", "train", "--config", str(write_yaml(tmp_path / "b.yaml", values))])

@@ -377,13 +377,33 @@ def test_flow_dpo_at_reference_is_log2(beta):
 def test_flow_dpo_valid_mask_zeroes_pairs():
     kwargs = dict(winners=torch.tensor([0, 3]), losers=torch.tensor([1, 2]), beta=0.5)
     full = flow_dpo_loss(V, U, V_REF, **kwargs).per_sample
-    masked = flow_dpo_loss(V, U, V_REF, valid=torch.tensor([True, False]), **kwargs).per_sample
-    assert_close(masked, torch.stack([full[0], torch.tensor(0.0)]))
+    masked = flow_dpo_loss(V, U, V_REF, valid=torch.tensor([True, False]), **kwargs)
+    # one of P = 2 pairs is valid: it is scaled by P / 1 so the mean is the valid pair's loss
+    assert_close(masked.per_sample, torch.stack([2 * full[0], torch.tensor(0.0)]))
+    assert_close(masked.per_sample.mean(), full[0])
+    assert_close(masked.diagnostics["frac_tied_pairs"], torch.tensor(0.5))
+    assert_close(flow_dpo_loss(V, U, V_REF, **kwargs).diagnostics["frac_tied_pairs"], torch.tensor(0.0))
     # a masked pair sends no gradient either
     v = V.clone().requires_grad_(True)
     flow_dpo_loss(v, U, V_REF, valid=torch.tensor([False, True]), **kwargs).per_sample.sum().backward()
     assert_close(v.grad[[0, 1]], torch.zeros(2, 2))
     assert v.grad[[2, 3]].abs().sum() > 0
+
+
+def test_flow_dpo_step_does_not_shrink_with_ties():
+    # Pairs 0 and 1 are the same pair; marking the second one tied must leave the mean loss
+    # and its gradient those of the one valid pair (not half of them).
+    v = V.clone().requires_grad_(True)
+    one = flow_dpo_loss(v, U, V_REF, winners=torch.tensor([0]), losers=torch.tensor([1]), beta=0.5).per_sample.mean()
+    (grad_one,) = torch.autograd.grad(one, v)
+    tied = flow_dpo_loss(v, U, V_REF, winners=torch.tensor([0, 0]), losers=torch.tensor([1, 1]), beta=0.5,
+                         valid=torch.tensor([True, False])).per_sample.mean()
+    (grad_tied,) = torch.autograd.grad(tied, v)
+    assert_close(tied, one)
+    assert_close(grad_tied, grad_one)
+    none_valid = flow_dpo_loss(v, U, V_REF, winners=torch.tensor([0]), losers=torch.tensor([1]), beta=0.5,
+                               valid=torch.tensor([False]))
+    assert none_valid.per_sample.item() == 0.0 and none_valid.diagnostics["frac_tied_pairs"].item() == 1.0
 
 
 def test_flow_dpo_sgd_step_prefers_winner():

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from adrpo.errors import ConfigError
 from adrpo.flow import checkpointing
 from adrpo.flow.config import METHODS, FlowConfig
 from adrpo.flow.trainer import FlowTrainer
@@ -162,10 +163,58 @@ def test_clip_above_beta0_warns_for_adrpo_but_builds():
         FlowConfig(method="adrpo", adv_clip_max=1.0)
 
 
+# ----------------------------------------------------------------- settings that train nothing
+def test_adrpo_with_zero_beta0_and_default_clip_is_refused():
+    with pytest.raises(ConfigError, match=r"beta0 = 0 .* identically zero"):
+        FlowConfig(method="adrpo", beta0=0.0)
+    # an explicit clip makes the loss A·(‖v − u‖² − ‖v − v_ref‖²): unusual but not zero
+    assert FlowConfig(method="adrpo", beta0=0.0, adv_clip_min=-1.0, adv_clip_max=0.0).beta0 == 0.0
+    FlowConfig(method="orw_cfm_w2", beta0=0.0)  # beta0 is not used outside ADRPO
+
+
+def test_adrpo_zero_beta0_default_clip_really_gives_zero_gradient(tmp_path):
+    # What the refusal protects against: with beta0 = 0 and clip [0, 0] the loss is 0·‖v − u‖² + 0·‖v − v_ref‖².
+    from adrpo.flow.methods import LOSSES, LossBatch
+
+    config = FlowConfig(method="adrpo", beta0=0.0, adv_clip_min=-1.0, adv_clip_max=0.0)
+    config.adv_clip_min = 0.0  # bypass the refusal
+    v = torch.randn(4, 3, requires_grad=True)
+    batch = LossBatch(v, torch.randn(4, 3), torch.randn(4, 3), torch.randn(4), torch.tensor([1.0, -1.0, 0.5, -0.5]), 2)
+    LOSSES["adrpo"](batch, config).per_sample.mean().backward()
+    assert torch.count_nonzero(v.grad) == 0
+
+
+def test_group_of_one_with_group_baseline_is_refused_for_adrpo_and_warns_for_raft():
+    with pytest.raises(ConfigError, match=r"group_size = 1 .* every advantage is zero"):
+        FlowConfig(method="adrpo", group_size=1)
+    assert FlowConfig(method="adrpo", group_size=1, advantage_baseline="batch").group_size == 1
+    with pytest.warns(UserWarning, match="RAFT keeps every sample"):
+        FlowConfig(method="raft", group_size=1)
+    FlowConfig(method="orw_cfm_w2", group_size=1)  # ORW weights rewards, not advantages
+
+
+def test_full_fine_tuning_of_bfloat16_weights_is_refused_with_the_fix(tmp_path):
+    model = tiny_model().to(torch.bfloat16)
+    with pytest.raises(ConfigError) as info:
+        FlowTrainer(make_config(tmp_path), model, target_reward, PROMPTS)
+    message = str(info.value)
+    assert "lora_rank = 0" in message and "bfloat16" in message and "float32" in message and "lora_rank > 0" in message
+
+
+def test_bfloat16_adamw_really_rounds_small_updates_away():
+    # What the refusal protects against: lr 1e-4 on weights near 1 moves a bf16 weight not at all.
+    weight = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+    optimizer = torch.optim.AdamW([weight], lr=1e-4, weight_decay=0.0)
+    for _ in range(10):
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+    assert torch.equal(weight.detach(), torch.ones(8, dtype=torch.bfloat16))
+
+
 # ----------------------------------------------------------------- trainer inputs
 def test_resume_from_missing_path_names_it(tmp_path):
     trainer = FlowTrainer(make_config(tmp_path), tiny_model(), target_reward, PROMPTS)
-    with pytest.raises(FileNotFoundError, match="/nonexistent/step-00000003"):
+    with pytest.raises(ConfigError, match="/nonexistent/step-00000003"):
         trainer.train(resume_from_checkpoint="/nonexistent/step-00000003")
 
 

@@ -222,18 +222,23 @@ def flow_dpo_loss(
         valid: optional (P,) bool; pairs marked False (e.g. reward ties) contribute 0.
 
     Returns:
-        (P,) loss; diagnostics ``pref_acc`` (share of valid pairs with Δ < 0; 0 when none
-        is valid) and ``w2``.
+        (P,) loss, zero for invalid pairs and scaled by P / valid so that ``.mean()`` is the
+        mean over the valid pairs: the step size does not shrink with the share of ties
+        (all zero when no pair is valid). Diagnostics ``pref_acc`` (share of valid pairs
+        with Δ < 0; 0 when none is valid), ``frac_tied_pairs`` (share of invalid pairs) and
+        ``w2``.
     """
     err = squared_error(v, u)
     err_ref = squared_error(v_ref.detach(), u)
     delta = (err[winners] - err_ref[winners]) - (err[losers] - err_ref[losers])  # (P,)
     valid = torch.ones_like(delta, dtype=torch.bool) if valid is None else valid
-    per_pair = F.softplus(beta * delta) * valid.to(delta.dtype)
+    num_valid = valid.sum().clamp_min(1)
+    per_pair = F.softplus(beta * delta) * valid.to(delta.dtype) * (valid.numel() / num_valid)
     return FlowLoss(
         per_pair,
         {
-            "pref_acc": ((delta.detach() < 0) & valid).sum() / valid.sum().clamp_min(1),
+            "pref_acc": ((delta.detach() < 0) & valid).sum() / num_valid,
+            "frac_tied_pairs": 1.0 - valid.float().mean(),
             "w2": squared_error(v.detach(), v_ref.detach()).mean(),
         },
     )

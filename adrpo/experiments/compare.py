@@ -18,6 +18,8 @@ its first step.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
+
 import dataclasses
 import re
 import shutil
@@ -57,20 +59,20 @@ class CompareSpec:
 
     def __post_init__(self) -> None:
         if not self.methods:
-            raise ValueError("methods is empty")
+            raise ConfigError("methods is empty")
         labels = []
         for i, method in enumerate(self.methods):
             if "label" not in method:
-                raise ValueError(f"methods[{i}] has no 'label'")
+                raise ConfigError(f"methods[{i}] has no 'label'")
             labels.append(method["label"])
             self.run_config(method, seed=0)  # validates the overrides now, not mid-comparison
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
-            raise ValueError(f"methods: duplicate labels {duplicates}")
+            raise ConfigError(f"methods: duplicate labels {duplicates}")
         if not self.seeds:
-            raise ValueError("seeds is empty")
+            raise ConfigError("seeds is empty")
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CompareSpec:
@@ -95,7 +97,7 @@ class CompareSpec:
         try:
             return FlowConfig.from_dict(values)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"method {method['label']!r}: {err}") from err
+            raise ConfigError(f"method {method['label']!r}: {err}") from err
 
 
 def run_one(spec: CompareSpec, method: dict[str, Any], seed: int, *, resume: bool, threads: int | None) -> dict[str, Any]:

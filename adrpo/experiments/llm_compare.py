@@ -16,6 +16,8 @@ writes TRL's output under ``output_dir/runs/<label>/seed-<s>``.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
+
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -43,14 +45,14 @@ class LLMCompareSpec:
     def __post_init__(self) -> None:
         labels = [m.get("label") for m in self.methods]
         if not self.methods or None in labels or len(set(labels)) != len(labels):
-            raise ValueError("methods must be a non-empty list with a unique 'label' each")
+            raise ConfigError("methods must be a non-empty list with a unique 'label' each")
         for method in self.methods:
             if method.get("trainer") not in ("grpo", "adrpo"):
-                raise ValueError(f"method {method['label']!r}: trainer must be 'grpo' or 'adrpo', got {method.get('trainer')!r}")
+                raise ConfigError(f"method {method['label']!r}: trainer must be 'grpo' or 'adrpo', got {method.get('trainer')!r}")
             try:
                 self.run_args(method, seed=self.seeds[0])  # validates every method now, not mid-comparison
             except (TypeError, ValueError) as err:
-                raise ValueError(f"method {method['label']!r}: {err}") from err
+                raise ConfigError(f"method {method['label']!r}: {err}") from err
 
     def run_args(self, method: dict[str, Any], *, seed: int):
         """The GRPOConfig (``trainer: grpo``) or ADRPOConfig of one (method, seed) run."""

@@ -7,6 +7,7 @@ clipping at 1.0). Validation errors name the field and the allowed values.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             return value
     elif kind in ("int", "float"):
         if isinstance(value, bool):
-            raise ValueError(f"{name} must be {annotation}, got {value!r} (bool)")
+            raise ConfigError(f"{name} must be {annotation}, got {value!r} (bool)")
         try:
             number = float(value) if isinstance(value, str) else value
             if kind == "int" and isinstance(number, float) and number.is_integer():
@@ -58,7 +59,7 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             pass
     elif isinstance(value, _SCALARS.get(kind, object)):
         return value
-    raise ValueError(f"{name} must be {annotation}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{name} must be {annotation}, got {value!r} ({type(value).__name__})")
 
 
 @dataclass
@@ -121,15 +122,15 @@ class FlowConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.beta0 < 0:
-            raise ValueError(f"beta0 must be >= 0, got {self.beta0}")
+            raise ConfigError(f"beta0 must be >= 0, got {self.beta0}")
         if self.adv_clip_min is None:
             self.adv_clip_min = -self.beta0
         if self.adv_clip_max is None:
             self.adv_clip_max = self.beta0
         if self.adv_clip_min > self.adv_clip_max:
-            raise ValueError(f"adv_clip_min ({self.adv_clip_min}) must be <= adv_clip_max ({self.adv_clip_max})")
+            raise ConfigError(f"adv_clip_min ({self.adv_clip_min}) must be <= adv_clip_max ({self.adv_clip_max})")
         if self.method == "adrpo" and self.adv_clip_max > self.beta0:
             warnings.warn(
                 f"adv_clip_max ({self.adv_clip_max}) > beta0 ({self.beta0}): the coefficient beta0 - A "
@@ -137,25 +138,44 @@ class FlowConfig:
                 stacklevel=3,
             )
         if self.advantage_baseline not in BASELINES:
-            raise ValueError(f"advantage_baseline must be one of {BASELINES}, got {self.advantage_baseline!r}")
+            raise ConfigError(f"advantage_baseline must be one of {BASELINES}, got {self.advantage_baseline!r}")
         if self.advantage_scale not in SCALINGS:
-            raise ValueError(f"advantage_scale must be one of {SCALINGS}, got {self.advantage_scale!r}")
+            raise ConfigError(f"advantage_scale must be one of {SCALINGS}, got {self.advantage_scale!r}")
         for name in ("prompts_per_step", "group_size", "sampling_steps", "sampler_refresh_every", "logging_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
+            raise ConfigError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
         for name in ("num_steps", "checkpoint_steps", "lora_rank"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.method == "flow_dpo" and self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 for flow_dpo (pairs), got {self.group_size}")
+            raise ConfigError(f"group_size must be >= 2 for flow_dpo (pairs), got {self.group_size}")
+        self._refuse_no_op_settings()
         if not 0 < self.raft_fraction <= 1:
-            raise ValueError(f"raft_fraction must be in (0, 1], got {self.raft_fraction}")
+            raise ConfigError(f"raft_fraction must be in (0, 1], got {self.raft_fraction}")
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.orw_alpha < 0:
-            raise ValueError(f"orw_alpha must be >= 0, got {self.orw_alpha}")
+            raise ConfigError(f"orw_alpha must be >= 0, got {self.orw_alpha}")
+
+    def _refuse_no_op_settings(self) -> None:
+        """Settings under which a method trains nothing, refused by field; surprising ones warn."""
+        if self.method == "adrpo" and self.beta0 == 0 and self.adv_clip_min == self.adv_clip_max == 0:
+            raise ConfigError(
+                "beta0 = 0 with the default advantage clip [-beta0, beta0] = [0, 0] makes the ADRPO-FM loss "
+                "identically zero (A = 0 and beta0 - A = 0): set beta0 > 0, or an explicit adv_clip_min/adv_clip_max"
+            )
+        if self.group_size == 1 and self.advantage_baseline == "group":
+            if self.method == "adrpo":
+                raise ConfigError(
+                    "group_size = 1 with advantage_baseline = 'group': every advantage is zero (each sample is its own "
+                    "group's mean), so ADRPO-FM only pulls toward the reference; set group_size >= 2 or "
+                    "advantage_baseline = 'batch'"
+                )
+            if self.method == "raft":
+                warnings.warn("group_size = 1: RAFT keeps every sample of a one-sample group, i.e. plain self-training",
+                              stacklevel=4)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FlowConfig:

@@ -6,6 +6,7 @@ transformer.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import os
 import warnings
 from pathlib import Path
@@ -32,10 +33,26 @@ def check_whole_parameters(accelerator: Accelerator) -> None:
     """Refuse FSDP and ZeRO-3: the trainer samples and computes the reference with the
     unwrapped module, which needs every parameter whole on every process."""
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise ValueError("the flow trainer does not support FSDP (it samples with the unwrapped module); use DDP or DeepSpeed ZeRO-1/2")
+        raise ConfigError("the flow trainer does not support FSDP (it samples with the unwrapped module); use DDP or DeepSpeed ZeRO-1/2")
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.zero_stage == 3:
-        raise ValueError("the flow trainer does not support DeepSpeed ZeRO-3 (it samples with the unwrapped module); use zero_stage 1 or 2")
+        raise ConfigError("the flow trainer does not support DeepSpeed ZeRO-3 (it samples with the unwrapped module); use zero_stage 1 or 2")
+
+
+def check_trainable_precision(params: list[nn.Parameter], accelerator: Accelerator, *, lora_rank: int) -> None:
+    """Refuse training half-precision weights with plain AdamW: an update smaller than half a
+    bfloat16 step (~0.4 % of the weight) rounds away, so small learning rates train nothing.
+    DeepSpeed keeps float32 master weights of its own and is let through."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return
+    half = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype in (torch.bfloat16, torch.float16)})
+    if not half:
+        return
+    fix = ("load the model in float32 (text_to_image: task_args.dtype: float32; accelerate's mixed_precision: bf16 still "
+           "computes in bf16) or train LoRA adapters (lora_rank > 0, they stay float32)" if lora_rank == 0
+           else "keep the LoRA adapters in float32")
+    raise ConfigError(f"lora_rank = {lora_rank}: the trainable weights are {', '.join(half)}, and AdamW on them rounds "
+                      f"small updates away; {fix}")
 
 
 def configure_deepspeed(accelerator: Accelerator, config: FlowConfig) -> None:
@@ -58,5 +75,5 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Turn on activation recomputation in a velocity model's diffusers transformer."""
     target = getattr(model, "transformer", model)
     if not hasattr(target, "enable_gradient_checkpointing"):
-        raise ValueError(f"gradient_checkpointing: {type(target).__name__} has no enable_gradient_checkpointing()")
+        raise ConfigError(f"gradient_checkpointing: {type(target).__name__} has no enable_gradient_checkpointing()")
     target.enable_gradient_checkpointing()

@@ -23,6 +23,7 @@ from the same base model and call ``train(resume_from_checkpoint=True)``.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -40,7 +41,7 @@ from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.flow import checkpointing
 from adrpo.flow.config import FlowConfig
-from adrpo.flow.engine import check_whole_parameters, configure_deepspeed, default_accelerator, enable_gradient_checkpointing
+from adrpo.flow.engine import check_trainable_precision, check_whole_parameters, configure_deepspeed, default_accelerator, enable_gradient_checkpointing
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.sampler import sample_euler
@@ -78,7 +79,7 @@ class FlowTrainer:
         accelerator: Accelerator | None = None,
     ):
         if not train_prompts:
-            raise ValueError("train_prompts is empty")
+            raise ConfigError("train_prompts is empty")
         self.config = config
         self.reward_fn = reward_fn
         self.reward_label = reward_name(reward_fn)
@@ -100,6 +101,7 @@ class FlowTrainer:
         else:
             self.reference = copy.deepcopy(model).requires_grad_(False).eval().to(self.accelerator.device)
         params = [p for p in model.parameters() if p.requires_grad]
+        check_trainable_precision(params, self.accelerator, lora_rank=config.lora_rank)
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -393,5 +395,5 @@ class FlowTrainer:
         """Restore weights, optimizer, RNG states and trainer state from a checkpoint
         directory (``metrics.jsonl`` is left alone)."""
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"no checkpoint directory at {path}")
+            raise ConfigError(f"no checkpoint directory at {path}")
         self.accelerator.load_state(str(path))

@@ -10,6 +10,7 @@ maps one standard deviation to the clip edge instead, keeping the coefficient gr
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import warnings
 from dataclasses import dataclass, field
 
@@ -39,17 +40,17 @@ class ADRPOConfig(GRPOConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beta < 0:
-            raise ValueError(f"beta (β0) must be >= 0, got {self.beta}")
+            raise ConfigError(f"beta (β0) must be >= 0, got {self.beta}")
         if self.adv_clip_min is None:
             self.adv_clip_min = -self.beta
         if self.adv_clip_max is None:
             self.adv_clip_max = self.beta
         if self.adv_clip_min > self.adv_clip_max:
-            raise ValueError(f"adv_clip_min ({self.adv_clip_min}) must be <= adv_clip_max ({self.adv_clip_max})")
+            raise ConfigError(f"adv_clip_min ({self.adv_clip_min}) must be <= adv_clip_max ({self.adv_clip_max})")
         if self.adv_coef_scale < 0:
-            raise ValueError(f"adv_coef_scale must be >= 0, got {self.adv_coef_scale}")
+            raise ConfigError(f"adv_coef_scale must be >= 0, got {self.adv_coef_scale}")
         if self.beta == 0 and (self.adv_clip_min, self.adv_clip_max) != (0, 0):
-            raise ValueError(
+            raise ConfigError(
                 "beta (β0) = 0 makes TRL skip the reference model and the KL term, so an adaptive coefficient "
                 f"-A with clip [{self.adv_clip_min}, {self.adv_clip_max}] cannot be applied: set beta > 0, or "
                 "adv_clip_min = adv_clip_max = 0 (plain GRPO)"

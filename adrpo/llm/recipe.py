@@ -15,6 +15,8 @@ sets them (TRL's defaults are ~7x slower on a CPU).
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
+
 from typing import Any
 
 from adrpo.prompts import load_prompt_dataset
@@ -35,27 +37,33 @@ def build_trainer(values: dict[str, Any]):
 
     unknown = sorted(set(values) - set(KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in the grpo config; known: {list(KEYS)}")
+        raise ConfigError(f"unknown key(s) {unknown} in the grpo config; known: {list(KEYS)}")
     for key in ("model_name_or_path", "dataset", "rewards"):
         if key not in values:
-            raise ValueError(f"the grpo config needs {key!r}")
+            raise ConfigError(f"the grpo config needs {key!r}")
     kind = values.get("trainer", "adrpo")
     if kind not in ("adrpo", "grpo"):
-        raise ValueError(f"trainer must be 'adrpo' or 'grpo', got {kind!r}")
+        raise ConfigError(f"trainer must be 'adrpo' or 'grpo', got {kind!r}")
     args = dict(values.get("args", {}))
     if not torch.cuda.is_available():
         args.setdefault("bf16", False)
         args.setdefault("gradient_checkpointing", False)
     rewards = values["rewards"]
     if not rewards:
-        raise ValueError("rewards is empty")
+        raise ConfigError("rewards is empty")
     args.setdefault("reward_weights", [float(r.get("weight", 1.0)) for r in rewards])
-    config = (ADRPOConfig if kind == "adrpo" else GRPOConfig)(**args)
+    try:  # TRL's and peft's own validation (ValueError) and unknown fields (TypeError) are config errors too
+        config = (ADRPOConfig if kind == "adrpo" else GRPOConfig)(**args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"args: {err}") from err
     peft_config = None
     if values.get("peft"):
         from peft import LoraConfig
 
-        peft_config = LoraConfig(**values["peft"])
+        try:
+            peft_config = LoraConfig(**values["peft"])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"peft: {err}") from err
     trainer_cls = ADRPOTrainer if kind == "adrpo" else GRPOTrainer
     return trainer_cls(
         model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,

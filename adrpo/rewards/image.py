@@ -17,6 +17,7 @@ pipelines of the original repositories.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class ClipScore(ClipEmbedder):
 
     def __init__(self, model_path: str, *, tokenizer_path: str | None = None, decoder: Decoder | None = None, scale: str = "clip"):
         if scale not in ("clip", "logit"):
-            raise ValueError(f"scale must be 'clip' or 'logit', got {scale!r}")
+            raise ConfigError(f"scale must be 'clip' or 'logit', got {scale!r}")
         super().__init__(model_path, tokenizer_path=tokenizer_path, decoder=decoder)
         self.factor = 100.0 if scale == "clip" else float(self.model.logit_scale.exp())
         self.__name__ = "clip_score" if scale == "clip" else "pick_score"
@@ -115,13 +116,13 @@ def resolve_file(spec: str, field: str) -> Path:
         return path
     parts = spec.split("/")
     if len(parts) < 3 or spec.startswith((".", "/")):
-        raise ValueError(f"{field}: no file at {spec!r} (give a local file or a hub 'owner/repo/file')")
+        raise ConfigError(f"{field}: no file at {spec!r} (give a local file or a hub 'owner/repo/file')")
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:])))
     except Exception as err:  # offline, unknown repo or file: all mean the spec is unusable here
-        raise ValueError(f"{field}: {spec!r} is not a local file and could not be fetched from the hub as owner/repo/file ({err})") from err
+        raise ConfigError(f"{field}: {spec!r} is not a local file and could not be fetched from the hub as owner/repo/file ({err})") from err
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -145,7 +146,7 @@ def aesthetic_head(state: dict[str, torch.Tensor], *, source: str) -> nn.Module:
                              nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
         state = {key.removeprefix("layers."): value for key, value in state.items()}
     else:
-        raise ValueError(f"{source}: not a LAION aesthetic head (keys {sorted(state)[:6]}...)")
+        raise ConfigError(f"{source}: not a LAION aesthetic head (keys {sorted(state)[:6]}...)")
     head.load_state_dict(state)
     return head.eval().requires_grad_(False)
 
@@ -169,7 +170,7 @@ class AestheticScore(ClipEmbedder):
         width = self.model.config.projection_dim
         in_features = next(self.head.parameters()).shape[1]
         if in_features != width:
-            raise ValueError(f"head {file} takes {in_features}-d embeddings but the CLIP model {model_path!r} gives {width}-d")
+            raise ConfigError(f"head {file} takes {in_features}-d embeddings but the CLIP model {model_path!r} gives {width}-d")
 
     def to(self, device: torch.device | str) -> "AestheticScore":
         super().to(device)
@@ -227,7 +228,7 @@ class WeightedSum:
 
     def __init__(self, rewards: Sequence[Callable[[torch.Tensor, Sequence[str]], torch.Tensor]], weights: Sequence[float]):
         if len(rewards) != len(weights) or not rewards:
-            raise ValueError(f"need one weight per reward, got {len(rewards)} rewards and {len(weights)} weights")
+            raise ConfigError(f"need one weight per reward, got {len(rewards)} rewards and {len(weights)} weights")
         self.rewards = list(rewards)
         self.weights = [float(w) for w in weights]
 

@@ -7,6 +7,7 @@ that sets its evaluation noise, and offers ``base_model()``, ``reward``, ``embed
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 from typing import Any
 
 
@@ -24,4 +25,4 @@ def build_task(name: str, args: dict[str, Any], *, seed: int):
         args = dict(args)
         args["eval_seed"] = args.get("eval_seed", 1234) + seed
         return TextToImageTask(**args)
-    raise ValueError(f"unknown task {name!r}; available: ['digits', 'text_to_image']")
+    raise ConfigError(f"unknown task {name!r}; available: ['digits', 'text_to_image']")

@@ -24,6 +24,7 @@ seen in training, in other combinations) for evaluation.
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ class DigitsReward:
 
     def __init__(self, classifier: nn.Module, temperature: float = 4.0):
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.classifier = classifier
         self.temperature = temperature
 

@@ -24,6 +24,7 @@ tokenizers are built from a character vocabulary).
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import json
 import os
 import string
@@ -64,10 +65,10 @@ def read_prompts(prompts: Sequence[str] | str | dict, field: str) -> list[str]:
     elif isinstance(prompts, str):
         path = Path(prompts)
         if not path.exists():
-            raise ValueError(f"{field}: no prompt file at {path}")
+            raise ConfigError(f"{field}: no prompt file at {path}")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"{field} must be a non-empty list of prompts, a prompt file or a dataset spec")
+        raise ConfigError(f"{field} must be a non-empty list of prompts, a prompt file or a dataset spec")
     return list(prompts)
 
 
@@ -88,11 +89,11 @@ def load_pipeline(path: str, dtype: torch.dtype):
     if index.exists():
         entries = json.loads(index.read_text())
         if entries.get("_class_name") not in PIPELINES:
-            raise ValueError(f"pipeline {path!r} is a {entries.get('_class_name')!r}; the text_to_image task supports {list(PIPELINES)}")
+            raise ConfigError(f"pipeline {path!r} is a {entries.get('_class_name')!r}; the text_to_image task supports {list(PIPELINES)}")
         absent = {name: None for name, value in entries.items() if value == [None, None]}
     pipeline = DiffusionPipeline.from_pretrained(path, dtype=dtype, **absent)
     if type(pipeline).__name__ not in PIPELINES:
-        raise ValueError(f"pipeline {path!r} is a {type(pipeline).__name__!r}; the text_to_image task supports {list(PIPELINES)}")
+        raise ConfigError(f"pipeline {path!r} is a {type(pipeline).__name__!r}; the text_to_image task supports {list(PIPELINES)}")
     return pipeline.to(local_device())
 
 
@@ -101,7 +102,7 @@ def velocity_model(pipeline, *, resolution: int, max_sequence_length: int | None
     kind = type(pipeline).__name__
     for name, role in REQUIRED_ENCODERS[kind].items():
         if getattr(pipeline, name, None) is None:
-            raise ValueError(f"the {kind} has no {name} ({role}); it is needed to encode prompts")
+            raise ConfigError(f"the {kind} has no {name} ({role}); it is needed to encode prompts")
     length = max_sequence_length or MAX_SEQUENCE_LENGTH[kind]
     if kind == "FluxPipeline":
         from adrpo.flow.models.flux import FluxVelocity, flux_prompt_encoder
@@ -118,14 +119,14 @@ def check_reward_entry(entry, index: int | None) -> None:
     """Refuse a malformed reward entry, naming it, its type and the offending keys."""
     where = "reward" if index is None else f"reward[{index}]"
     if not isinstance(entry, dict) or entry.get("type") not in REWARD_KEYS:
-        raise ValueError(f"{where} must be a mapping with type one of {list(REWARD_KEYS)}, got {entry!r}")
+        raise ConfigError(f"{where} must be a mapping with type one of {list(REWARD_KEYS)}, got {entry!r}")
     required, optional = REWARD_KEYS[entry["type"]]
     missing = sorted(required - set(entry))
     unknown = sorted(set(entry) - required - optional - {"type", "weight"})
     if missing:
-        raise ValueError(f"{where} of type {entry['type']!r} needs key(s) {missing}")
+        raise ConfigError(f"{where} of type {entry['type']!r} needs key(s) {missing}")
     if unknown:
-        raise ValueError(f"{where} of type {entry['type']!r} has unknown key(s) {unknown}; allowed: {sorted(required | optional | {'weight'})}")
+        raise ConfigError(f"{where} of type {entry['type']!r} has unknown key(s) {unknown}; allowed: {sorted(required | optional | {'weight'})}")
 
 
 def build_image_reward(entry: dict, *, decoder: LatentDecoder, device: torch.device):
@@ -172,7 +173,7 @@ class TextToImageTask:
         from adrpo.rewards.image import ClipEmbedder, WeightedSum
 
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         entries = reward if isinstance(reward, list) else [reward]
         for index, entry in enumerate(entries):
             check_reward_entry(entry, index if isinstance(reward, list) else None)
@@ -191,7 +192,7 @@ class TextToImageTask:
         else:
             self.clip = next((s for s in scorers if isinstance(s, ClipEmbedder)), None)
             if self.clip is None:
-                raise ValueError("ClipDiversity needs a CLIP model: no reward is CLIP-based, so set task_args.diversity_model")
+                raise ConfigError("ClipDiversity needs a CLIP model: no reward is CLIP-based, so set task_args.diversity_model")
         self._taken = False
         self.free_text_encoders = free_text_encoders
         self.eval_group = eval_samples
@@ -221,7 +222,7 @@ class TextToImageTask:
                 setattr(self.pipeline, name, None)
 
         def refuse(missing: list[str]):
-            raise ValueError(f"prompt {missing[0]!r} was not encoded before the text encoders were freed (free_text_encoders)")
+            raise ConfigError(f"prompt {missing[0]!r} was not encoded before the text encoders were freed (free_text_encoders)")
 
         self._model.encode = refuse
 

@@ -20,6 +20,7 @@ the SD3 shift formula with shift = exp(mu) (:func:`flux_time_shift`).
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import math
 from collections.abc import Mapping
 
@@ -96,9 +97,9 @@ class FluxVelocity(CachedPromptVelocity):
     def __init__(self, transformer: nn.Module, encode: PromptEncoder, *, resolution: int, vae_scale: int = 8,
                  distilled_guidance: float = 3.5, time_shift: float | None = None, scheduler_config: Mapping | None = None):
         if resolution % (vae_scale * 2):
-            raise ValueError(f"resolution {resolution} must be a multiple of {vae_scale * 2} (2×2 latent patches)")
+            raise ConfigError(f"resolution {resolution} must be a multiple of {vae_scale * 2} (2×2 latent patches)")
         if transformer.config.in_channels % 4:
-            raise ValueError(f"FLUX in_channels {transformer.config.in_channels} is not 4 × latent channels")
+            raise ConfigError(f"FLUX in_channels {transformer.config.in_channels} is not 4 × latent channels")
         side = resolution // vae_scale
         if time_shift is None:
             time_shift = flux_time_shift(scheduler_config or {}, (side // 2) ** 2)

@@ -18,6 +18,7 @@ which may be absent), computed once per prompt and cached, packed as in
 
 from __future__ import annotations
 
+from adrpo.errors import ConfigError
 import copy
 
 import torch
@@ -58,7 +59,7 @@ class SD3Velocity(CachedPromptVelocity):
         super().__init__(transformer, encode, pooled_dim=transformer.config.pooled_projection_dim, time_shift=shift)
         self.scheduler = copy.deepcopy(scheduler)
         if resolution % (vae_scale * transformer.config.patch_size):
-            raise ValueError(f"resolution {resolution} must be a multiple of {vae_scale * transformer.config.patch_size}")
+            raise ConfigError(f"resolution {resolution} must be a multiple of {vae_scale * transformer.config.patch_size}")
         side = resolution // vae_scale
         self.data_shape = (transformer.config.in_channels, side, side)
 
