@@ -275,3 +275,21 @@ def test_errors_other_than_configuration_keep_their_traceback(tmp_path, digits_c
     monkeypatch.setattr(FlowTrainer, "step", lambda self: {}["missing"])
     with pytest.raises(KeyError):
         cli.main(["fm", "train", "--config", str(write_yaml(tmp_path / "b.yaml", values))])
+
+
+def test_a_run_not_configured_for_deepspeed_does_not_import_it(tmp_path, digits_cache):
+    """DeepSpeed is installed by the dev set-up; importing it logs "Setting accelerator to CPU"
+    on machines without CUDA. A plain `fm train` run must neither import it nor print that."""
+    import os
+    import subprocess
+    import sys
+
+    values = {"task": "digits", "task_args": task_args(digits_cache), "trainer": {**TRAINER, "num_steps": 1, "output_dir": str(tmp_path / "run")}}
+    config = write_yaml(tmp_path / "a.yaml", values)
+    script = (f"import sys; from adrpo import cli; cli.main(['fm', 'train', '--config', {str(config)!r}]); "
+              "print('deepspeed imported:', any(m == 'deepspeed' or m.startswith('deepspeed.') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ADRPO_CACHE": str(digits_cache)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "deepspeed imported: False" in result.stdout
+    assert "Setting accelerator" not in result.stderr and "Setting accelerator" not in result.stdout

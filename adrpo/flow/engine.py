@@ -29,6 +29,17 @@ def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
     )
 
 
+def unwrap(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The module inside accelerate's DDP wrapper. ``Accelerator.unwrap_model`` imports DeepSpeed
+    whenever it is installed (and DeepSpeed's import logs an accelerator warning on machines
+    without CUDA), so it is asked only in a DeepSpeed run."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.unwrap_model(model)
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
 def check_whole_parameters(accelerator: Accelerator) -> None:
     """Refuse FSDP and ZeRO-3: the trainer samples and computes the reference with the
     unwrapped module, which needs every parameter whole on every process."""

@@ -41,7 +41,9 @@ from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.flow import checkpointing
 from adrpo.flow.config import FlowConfig
-from adrpo.flow.engine import check_trainable_precision, check_whole_parameters, configure_deepspeed, default_accelerator, enable_gradient_checkpointing
+from adrpo.flow.engine import (
+    check_trainable_precision, check_whole_parameters, configure_deepspeed, default_accelerator, enable_gradient_checkpointing, unwrap,
+)
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.sampler import sample_euler
@@ -105,7 +107,7 @@ class FlowTrainer:
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.policy = self.accelerator.unwrap_model(self.model)
+        self.policy = unwrap(self.accelerator, self.model)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         generator = torch.Generator(device=self.accelerator.device)
         generator.manual_seed(config.seed * 1_000_003 + self.accelerator.process_index)
