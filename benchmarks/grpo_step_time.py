@@ -20,11 +20,10 @@ import time
 import warnings
 
 import torch
+from _common import git_commit, machine
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
-
-from _common import git_commit, machine
 
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm

@@ -17,9 +17,8 @@ import os
 import tempfile
 
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-
 from _common import git_commit, machine
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity
@@ -66,7 +65,8 @@ def main() -> None:
     opts = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as out:
-        for mode, lora in (("full", {}), ("lora", {"lora_rank": opts.rank, "lora_alpha": opts.rank, "lora_target_modules": ["to_q", "to_k", "to_v", "to_out.0"]})):
+        lora_settings = {"lora_rank": opts.rank, "lora_alpha": opts.rank, "lora_target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+        for mode, lora in (("full", {}), ("lora", lora_settings)):
             model = build(opts)
             base_bytes = sum(storages(model.parameters()).values())
             config = FlowConfig(output_dir=os.path.join(out, mode), report_to=["none"], progress_bar=False, sampler_refresh_every=2, **lora)
@@ -76,10 +76,12 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"commit: {git_commit()}")
     family = "SD3Transformer2DModel" if opts.model == "sd3" else f"FluxTransformer2DModel single_layers={2 * opts.layers}"
-    print(f"settings: {family} layers={opts.layers} heads={opts.heads} head_dim=64, fp32, LoRA rank {opts.rank} on to_q/to_k/to_v/to_out.0, sampler_refresh_every=2")
+    print(f"settings: {family} layers={opts.layers} heads={opts.heads} head_dim=64, fp32, "
+          f"LoRA rank {opts.rank} on to_q/to_k/to_v/to_out.0, sampler_refresh_every=2")
     mib = 2**20
     for mode, (base, adapters, held) in results.items():
-        print(f"  {mode:>4}: base {base / mib:8.2f} MiB  adapters {adapters / mib:6.2f} MiB  held by the trainer {held / mib:8.2f} MiB  = {held / (base + adapters):.3f} x (base + adapters)")
+        print(f"  {mode:>4}: base {base / mib:8.2f} MiB  adapters {adapters / mib:6.2f} MiB  "
+              f"held by the trainer {held / mib:8.2f} MiB  = {held / (base + adapters):.3f} x (base + adapters)")
     base, adapters, held = results["lora"]
     print(f"ratio lora held / (base + adapters): {held / (base + adapters):.3f} (target <= 1.05)")
 

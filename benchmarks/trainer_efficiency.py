@@ -37,7 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from _common import digits_trainer, flow_step_parser, git_commit, machine, timed_calls
 
 from adrpo.flow.sampler import sample_euler

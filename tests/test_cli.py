@@ -69,7 +69,7 @@ def test_compare_writes_table_plot_and_json(tmp_path, digits_cache, capsys):
 
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"Base", "ADRPO", "RAFT"}
-    for label, metrics in results["summary"].items():
+    for metrics in results["summary"].values():
         assert set(metrics) == {"reward", "diversity", "w2"}
         assert all(set(stat) == {"mean", "std"} and stat["std"] == 0.0 for stat in metrics.values())
     assert [(run["label"], run["seed"]) for run in results["runs"]] == [("ADRPO", 0), ("RAFT", 0)]

@@ -329,20 +329,20 @@ def test_preference_pairs_indices():
     # group 0 [0.1, 0.9, 0.5, 0.3]: order 1, 2, 3, 0 -> pairs (1, 0), (2, 3)
     # group 1 [2, -1, 3, 0] (offset 4): order 6, 4, 7, 5 -> pairs (6, 5), (4, 7)
     r = torch.tensor([0.1, 0.9, 0.5, 0.3, 2.0, -1.0, 3.0, 0.0])
-    w, l = preference_pairs(r, group_size=4)
-    assert w.tolist() == [1, 2, 6, 4]
-    assert l.tolist() == [0, 3, 5, 7]
-    assert (r[w] >= r[l]).all()
+    winners, losers = preference_pairs(r, group_size=4)
+    assert winners.tolist() == [1, 2, 6, 4]
+    assert losers.tolist() == [0, 3, 5, 7]
+    assert (r[winners] >= r[losers]).all()
 
 
 def test_preference_pairs_odd_group_and_ties():
     # G = 3 [3, 1, 2]: best 0 with worst 1; the median 2 is unpaired. P = B·⌊3/2⌋ = 2
     r = torch.tensor([3.0, 1.0, 2.0, 5.0, 5.0, 5.0])
-    w, l = preference_pairs(r, group_size=3)
-    assert w.shape == (2,) and l.shape == (2,)
-    assert (w[0].item(), l[0].item()) == (0, 1)
-    assert 3 <= w[1].item() < 6 and 3 <= l[1].item() < 6 and w[1] != l[1]
-    assert (r[w] >= r[l]).all()
+    win, lose = preference_pairs(r, group_size=3)
+    assert win.shape == (2,) and lose.shape == (2,)
+    assert (win[0].item(), lose[0].item()) == (0, 1)
+    assert 3 <= win[1].item() < 6 and 3 <= lose[1].item() < 6 and win[1] != lose[1]
+    assert (r[win] >= r[lose]).all()
 
 
 def test_preference_pairs_group_size_one_raises():

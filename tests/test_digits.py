@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from adrpo.flow.trainer import FlowTrainer
-from adrpo.tasks import build_task
-from adrpo.tasks import digits
+from adrpo.tasks import build_task, digits
 from adrpo.tasks.digits import (
     DIGIT_WORDS,
     HELD_OUT,

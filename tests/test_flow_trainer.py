@@ -424,7 +424,9 @@ def test_micro_batches_accumulate_exactly_the_full_batch_gradient(tmp_path, meth
         trainer = FlowTrainer(config, tiny_model(), target_reward, PROMPTS)
         cond = trainer.policy.encode_prompts([PROMPTS[i // group] for i in range(n)])
         v_ref = (trainer.reference_velocity(x_t, t, cond) + 0.3 * u_t).detach()  # a reference away from the policy
-        loss, out, v = trainer._loss_and_backward(x_t, t, cond, lambda vel: LossBatch(vel, u_t, v_ref, rewards, advantages, group, pairs))
+        loss, out, v = trainer._loss_and_backward(
+            x_t, t, cond, lambda vel, v_ref=v_ref: LossBatch(vel, u_t, v_ref, rewards, advantages, group, pairs)
+        )
         grads.append({name: p.grad.clone() for name, p in trainer.trainable.items()})
         losses.append(loss)
         diagnostics.append(out.diagnostics)

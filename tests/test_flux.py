@@ -16,8 +16,10 @@ from adrpo.flow.config import FlowConfig
 from adrpo.flow.models.flux import FluxVelocity, flux_time_shift, latent_image_ids, pack_latents, unpack_latents
 from adrpo.flow.sampler import sample_euler
 from adrpo.flow.trainer import FlowTrainer
-
-from conftest import IMAGE_LORA as LORA, IMAGE_PROMPTS as PROMPTS, tiny_image_task as make_task, tiny_image_train_config
+from conftest import IMAGE_LORA as LORA
+from conftest import IMAGE_PROMPTS as PROMPTS
+from conftest import tiny_image_task as make_task
+from conftest import tiny_image_train_config
 
 FLUX_DEV_SCHEDULER = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from adrpo.rewards.image import AestheticScore, ClipEmbedder, ImageRewardScore, clip_preprocess, resolve_file
 from adrpo.tasks import build_task
-
 from conftest import TINY_SETTINGS
 
 

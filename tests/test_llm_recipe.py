@@ -15,9 +15,9 @@ from trl import GRPOTrainer
 
 from adrpo import cli
 from adrpo.llm.recipe import build_trainer
-from adrpo.prompts import load_prompt_dataset as load_prompts
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.trainer import ADRPOTrainer
+from adrpo.prompts import load_prompt_dataset as load_prompts
 
 ROWS = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(3) for b in range(3)]
 

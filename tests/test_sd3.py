@@ -17,9 +17,10 @@ from adrpo.flow.models.sd3 import SD3Velocity
 from adrpo.flow.trainer import FlowTrainer
 from adrpo.rewards.image import ClipScore, clip_preprocess
 from adrpo.tasks import build_task
-
-from conftest import IMAGE_LORA as LORA, IMAGE_PROMPTS as PROMPTS, tiny_image_task as make_task, tiny_image_train_config
-
+from conftest import IMAGE_LORA as LORA
+from conftest import IMAGE_PROMPTS as PROMPTS
+from conftest import tiny_image_task as make_task
+from conftest import tiny_image_train_config
 
 
 class AnalyticTransformer(torch.nn.Module):

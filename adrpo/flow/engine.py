@@ -6,7 +6,6 @@ transformer.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import os
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from accelerate import Accelerator, DistributedType, InitProcessGroupKwargs
 from torch import nn
 
+from adrpo.errors import ConfigError
 from adrpo.flow.config import FlowConfig
 
 

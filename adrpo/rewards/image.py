@@ -17,13 +17,14 @@ pipelines of the original repositories.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from adrpo.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,7 +70,7 @@ class ClipEmbedder:
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         return self._tokenizer
 
-    def to(self, device: torch.device | str) -> "ClipEmbedder":
+    def to(self, device: torch.device | str) -> ClipEmbedder:
         self.model.to(device)
         return self
 
@@ -172,7 +173,7 @@ class AestheticScore(ClipEmbedder):
         if in_features != width:
             raise ConfigError(f"head {file} takes {in_features}-d embeddings but the CLIP model {model_path!r} gives {width}-d")
 
-    def to(self, device: torch.device | str) -> "AestheticScore":
+    def to(self, device: torch.device | str) -> AestheticScore:
         super().to(device)
         self.head.to(device)
         return self

@@ -7,8 +7,9 @@ that sets its evaluation noise, and offers ``base_model()``, ``reward``, ``embed
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 from typing import Any
+
+from adrpo.errors import ConfigError
 
 
 def build_task(name: str, args: dict[str, Any], *, seed: int):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from adrpo.settings import cache_root, settings_key
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
+from adrpo.settings import cache_root, settings_key
 
 CHARS = list("0123456789+=")
 CACHE_VERSION = 1

@@ -24,7 +24,6 @@ seen in training, in other combinations) for evaluation.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,10 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adrpo.settings import cache_root, settings_key
 from adrpo.core.flow_losses import cfm_loss
 from adrpo.core.paths import StraightPath
+from adrpo.errors import ConfigError
 from adrpo.flow.models.mlp import MLPVelocityModel
+from adrpo.settings import cache_root, settings_key
 from adrpo.tasks.evaluation import evaluate_flow_policy
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -311,7 +311,7 @@ class DigitsImageReward:
 
     @classmethod
     def pretrained(cls, settings: PretrainSettings | dict = PretrainSettings(), *, temperature: float = 4.0,
-                   decoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "DigitsImageReward":
+                   decoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DigitsImageReward:
         """The reward over the cached classifier (trained on first use, like :class:`DigitsTask`)."""
         if isinstance(settings, dict):
             settings = PretrainSettings(**settings)

@@ -24,7 +24,6 @@ tokenizers are built from a character vocabulary).
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import json
 import os
 import string
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from adrpo.errors import ConfigError
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity, LatentDecoder
 from adrpo.tasks.evaluation import evaluate_flow_policy
 

@@ -20,7 +20,6 @@ the SD3 shift formula with shift = exp(mu) (:func:`flux_time_shift`).
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import math
 from collections.abc import Mapping
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from adrpo.core.paths import t_to_sigma, velocity_from_diffusers
+from adrpo.errors import ConfigError
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity, PromptEncoder, unpack_condition
 
 

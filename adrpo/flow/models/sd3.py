@@ -18,13 +18,13 @@ which may be absent), computed once per prompt and cached, packed as in
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import copy
 
 import torch
 from torch import nn
 
 from adrpo.core.paths import sigma_to_t, t_to_sigma, velocity_from_diffusers
+from adrpo.errors import ConfigError
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity, PromptEncoder, unpack_condition
 
 
