@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,9 @@ from adrpo.rewards.base import RewardError
 from adrpo.rewards.text import (
     build_reward,
     checked,
+    completion_answer,
     embedding_similarity_reward,
+    expected_answer,
     format_reward,
     import_callable,
     last_number,
@@ -59,6 +62,116 @@ def test_math_answer_reward_reads_conversational_completions():
 def test_last_number():
     assert last_number("a 1 b 22 c 3.5") == 3.5
     assert last_number("none") is None
+
+
+# GSM8K rows as the dataset writes them: reasoning with <<calculator>> annotations, then "#### N".
+GSM8K_ROWS = [
+    {
+        "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                    "How many clips did Natalia sell altogether in April and May?",
+        "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                  "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72",
+        "value": 72.0,
+    },
+    {
+        "question": "A bakery bakes 125 loaves a day and sells each for $2. How many dollars does it take in over 8 days?",
+        "answer": "In 8 days it bakes 125*8 = <<125*8=1000>>1000 loaves.\n"
+                  "They sell for 1000*2 = <<1000*2=2000>>2000 dollars.\n#### 2,000",
+        "value": 2000.0,
+    },
+    {
+        "question": "Tom runs 3.5 km on each of 3 mornings. How many km does he run?",
+        "answer": "Tom runs 3.5*3 = <<3.5*3=10.5>>10.5 km.\n#### 10.5",
+        "value": 10.5,
+    },
+    {
+        "question": "It is 4 degrees at noon and the temperature falls by 9 degrees by midnight. How warm is it at midnight?",
+        "answer": "At midnight it is 4-9 = <<4-9=-5>>-5 degrees.\n#### -5",
+        "value": -5.0,
+    },
+]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        *[(row["answer"], row["value"]) for row in GSM8K_ROWS],
+        ("#### 1,000", 1000.0),  # the number after the last ####, thousands separators allowed
+        ("#### 7\nlater, the answer: #### 72 clips", 72.0),  # the token right after the last ####
+        ("72", 72.0),
+        (" 72\n", 72.0),
+        ("-3", -3.0),
+        ("2.50", 2.5),
+        ("1,234", 1234.0),
+        ("\\boxed{72}", 72.0),
+        ("$\\boxed{-3.5}$", -3.5),
+        ("first \\boxed{1}, finally \\boxed{2}", 2.0),  # the last box
+        ("<answer>72</answer>", 72.0),
+        ("<answer> 1,000 </answer>", 1000.0),
+        (72, 72.0),  # numbers in the column, as datasets gives int columns
+        (-2.5, -2.5),
+        (np.int64(7), 7.0),
+    ],
+)
+def test_expected_answer_reads_the_common_forms(value, expected):
+    assert expected_answer(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["seventy-two", "", "72 clips", "#### ", "#### 72.", "####\n72", "\\boxed{\\frac{1}{2}}", "<answer>x</answer>", "1,00",
+     None, True, float("nan"), float("inf"), [72]],
+)
+def test_expected_answer_is_none_for_anything_else(value):
+    assert expected_answer(value) is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("48+24 = <<48+24=72>>72 clips.\n#### 72", 72.0),
+        ("#### 1,000 loaves in 8 days", 1000.0),  # the token right after ####, not the 8 later on
+        ("48+24 = 72, so \\boxed{72}.", 72.0),
+        ("48+24 = 72 but \\boxed{70}", 70.0),  # the marker, not the last number before it
+        ("3 + 4 = 7 <answer>3 + 4 = 7</answer>", 7.0),  # the last number inside the marker
+        ("\\boxed{3} at first, then \\boxed{-3.5} in 2 steps", -3.5),
+        ("the sum is 70 <answer>72</answer> (checked 3 times)", 72.0),
+        ("<answer>\\boxed{72}</answer>", 72.0),
+        ("<answer>seventy-two</answer> 72", None),  # the marker holds no number: not the 72 outside it
+        ("no marker: 1 then 2", 2.0),  # no marker: the last number, as before
+        ("no number", None),
+    ],
+)
+def test_completion_answer_reads_the_marker_first_else_the_last_number(text, expected):
+    assert completion_answer(text) == expected
+
+
+def test_math_answer_reward_on_gsm8k_rows():
+    completions = [
+        "She sold 48/2 = 24 in May, so 48+24 = 72 in total.\n#### 72",  # right, GSM8K style
+        "125*8 = 1000 loaves, 1000*2 = 2000 dollars, so the answer is \\boxed{2000}.",  # right, boxed
+        "3.5*3 = 10.5 <answer>10.5</answer> after 3 mornings",  # right, tagged, a later number ignored
+        "4-9 = -5 so the answer is 5",  # wrong: no marker, last number 5
+    ]
+    prompts = [row["question"] for row in GSM8K_ROWS]
+    answers = [row["answer"] for row in GSM8K_ROWS]
+    assert math_answer_reward(prompts, completions, answer=answers) == [1.0, 1.0, 1.0, 0.0]
+    assert checked(math_answer_reward)(prompts=prompts, completions=completions[::-1], answer=answers) == [0.0] * 4
+
+
+def test_math_answer_reward_names_the_row_of_an_unparseable_answer():
+    rows = [GSM8K_ROWS[0]["answer"], "Natalia sold 72 clips.\n#### seventy-two"]
+    with pytest.raises(RewardError) as info:
+        math_answer_reward(["q0", "how many clips?"], ["#### 72", "#### 72"], answer=rows)
+    message = str(info.value)
+    for needle in ["'math_answer_reward'", "sample 1", "'how many clips?'", "#### seventy-two", "'#### N' (GSM8K)"]:
+        assert needle in message
+
+
+def test_math_answer_reward_shows_the_end_of_a_long_unparseable_answer():
+    long_answer = "x = <<1+1=2>>2.\n" * 40 + "#### two"
+    with pytest.raises(RewardError, match=r"sample 0 .*'\.\.\..*#### two'"):
+        math_answer_reward(["q"], ["2"], answer=[long_answer])
 
 
 # --- format_reward --------------------------------------------------------------------------
