@@ -1,6 +1,12 @@
 """Crash-safe run files: the trainer state accelerate checkpoints, adapter-only model files
 in LoRA mode, checkpoint directories that appear whole or not at all, and a metrics JSONL
 that a resumed run continues without duplicate or lost lines.
+
+A checkpoint directory ends with ``manifest.json``, the size of every other file, written and
+synced after them: it tells a whole checkpoint from one truncated or missing a file without
+loading it, and marks a temporary directory as complete. Checkpoints from before the manifest
+load as before. An overwrite that crashed between its two renames is repaired by
+:func:`recover_overwrite`; a checkpoint that fails to load is moved aside by :func:`set_aside`.
 """
 
 from __future__ import annotations
@@ -8,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,8 @@ from typing import Any
 import torch
 
 CHECKPOINT_PREFIX = "step-"
+MANIFEST_NAME = "manifest.json"
+BROKEN_PREFIX = "broken-"
 
 
 class TrainerState:
@@ -102,6 +112,11 @@ def _temporary(final: Path) -> Path:
     return final.parent / f".tmp-{final.name}"
 
 
+def _old(final: Path) -> Path:
+    """Where an overwrite parks the previous ``final`` between its two renames."""
+    return final.parent / f".old-{final.name}"
+
+
 def _fsync_tree(path: Path) -> None:
     for file in path.rglob("*"):
         if file.is_file():
@@ -109,31 +124,167 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def write_manifest(directory: Path) -> None:
+    """Write ``directory/manifest.json``: the size of every other file under ``directory``.
+
+    Call it once the files are synced: the manifest is written and synced last, so its
+    presence means the whole directory reached the disk.
+    """
+    sizes = {str(f.relative_to(directory)): f.stat().st_size for f in sorted(directory.rglob("*"))
+             if f.is_file() and f != directory / MANIFEST_NAME}
+    with open(directory / MANIFEST_NAME, "w") as handle:
+        json.dump({"files": sizes}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def manifest_problem(directory: Path) -> str | None:
+    """What ``directory/manifest.json`` says is wrong with ``directory`` (a listed file missing
+    or of another size), naming the file; None when it matches or there is no manifest."""
+    manifest = directory / MANIFEST_NAME
+    if not manifest.exists():
+        return None
+    try:
+        sizes = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{MANIFEST_NAME} cannot be read ({type(error).__name__}: {error})"
+    for name, size in sizes.items():
+        file = directory / name
+        if not file.is_file():
+            return f"{name} is missing ({MANIFEST_NAME} lists it)"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {MANIFEST_NAME} says {size} (truncated or overwritten?)"
+    return None
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether ``directory`` holds a manifest that all its listed files match."""
+    return (directory / MANIFEST_NAME).is_file() and manifest_problem(directory) is None
+
+
+def random_states_problem(checkpoint: Path, process_index: int) -> str | None:
+    """Why this process's RNG file in ``checkpoint`` cannot be loaded, or None.
+
+    ``accelerator.load_state`` skips an unreadable RNG file with an info log and carries on,
+    which would make a resumed run silently differ; this checks it with the same loader.
+    """
+    from accelerate.utils import load
+    from accelerate.utils.constants import RNG_STATE_NAME
+
+    name = f"{RNG_STATE_NAME}_{process_index}.pkl"
+    if not (checkpoint / name).is_file():
+        return f"{name} is missing"
+    try:
+        load(checkpoint / name)
+    except Exception as error:  # whatever accelerate's own load would have swallowed
+        return f"{name} cannot be read ({type(error).__name__}: {error})"
+    return None
+
+
+def unreadable_file(directory: Path) -> str | None:
+    """The first file under ``directory`` that does not parse, as ``"name cannot be read
+    (error)"``; None when all do. Used to name the culprit after a failed load: safetensors
+    headers are checked against the file size, torch archives are opened memory-mapped."""
+    from safetensors import safe_open
+
+    for file in sorted(f for f in directory.rglob("*") if f.is_file()):
+        name = str(file.relative_to(directory))
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as handle:
+                    handle.keys()
+            elif file.suffix in (".bin", ".pkl", ".pt"):
+                if not zipfile.is_zipfile(file):
+                    return f"{name} cannot be read (not a whole torch.save archive: no zip directory at its end)"
+                torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as error:  # any parse failure names the file
+            return f"{name} cannot be read ({type(error).__name__}: {error})"
+    return None
+
+
 def write_checkpoint_atomically(root: Path, step: int, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_dir)``, then rename ``tmp_dir`` to ``root/step-NNNNNNNN``.
+    """Call ``write(tmp_dir)``, add the manifest, then rename ``tmp_dir`` to ``root/step-NNNNNNNN``.
 
     A crash inside ``write`` leaves only a hidden ``.tmp-*`` directory, which
     :func:`latest_checkpoint` ignores; the previous checkpoint stays usable.
     """
-    return write_dir_atomically(checkpoint_dir(root, step), write)
+    return write_dir_atomically(checkpoint_dir(root, step), write, manifest=True)
 
 
-def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+def write_dir_atomically(final: Path, write: Callable[[Path], None], *, manifest: bool = False) -> Path:
     """Call ``write(tmp_dir)`` beside ``final``, sync it, then rename it to ``final``; an
-    existing ``final`` is replaced only once the new directory is complete."""
+    existing ``final`` is replaced only once the new directory is complete.
+
+    With ``manifest``, ``manifest.json`` is written last (see :func:`write_manifest`), which
+    lets :func:`recover_overwrite` keep the new directory after a crash between the renames.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_overwrite(final)
     tmp = _temporary(final)
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     _fsync_tree(tmp)
+    if manifest:
+        write_manifest(tmp)
     if final.exists():
-        old = final.parent / f".old-{final.name}"
+        old = _old(final)
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
     return final
+
+
+def recover_overwrite(final: Path) -> None:
+    """Repair what a crash during :func:`write_dir_atomically`'s overwrite of ``final`` left.
+
+    ``.old-X`` beside an existing ``X``: the new directory is in place, the old one is deleted.
+    ``.old-X`` without ``X`` (a crash between the two renames): a complete ``.tmp-X`` (its
+    manifest matches) is the new version and is moved into place, else ``.old-X`` is restored.
+    A ``.tmp-X`` without a manifest may be a crash inside ``write``, so it is never promoted.
+    """
+    old = _old(final)
+    if not old.is_dir():
+        return
+    if final.exists():
+        shutil.rmtree(old)
+        return
+    tmp = _temporary(final)
+    if is_complete(tmp):
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+        warnings.warn(f"{final}: an overwrite was interrupted after the new version was complete; "
+                      f"moved {tmp.name} into place and deleted the previous version {old.name}", stacklevel=2)
+    else:
+        os.replace(old, final)
+        warnings.warn(f"{final}: an overwrite was interrupted before the new version was in place; "
+                      f"restored the previous version from {old.name}", stacklevel=2)
+
+
+def recover_interrupted_writes(root: Path) -> None:
+    """:func:`recover_overwrite` every checkpoint under ``root`` that has an ``.old-*`` sibling."""
+    if root.is_dir():
+        for old in sorted(root.glob(f".old-{CHECKPOINT_PREFIX}*")):
+            recover_overwrite(root / old.name[len(".old-"):])
+
+
+def set_aside(checkpoint: Path, problem: str, resumed_from: Path) -> Path:
+    """Rename a checkpoint that failed to load to ``broken-step-NNNNNNNN`` (kept for
+    inspection, no longer listed, pruned or resumed) and warn, naming it and the problem.
+
+    Left in place it would count as the newest when pruning and could push out the intact
+    checkpoint the run resumed from.
+    """
+    target = checkpoint.parent / f"{BROKEN_PREFIX}{checkpoint.name}"
+    copy = 1
+    while target.exists():
+        copy += 1
+        target = checkpoint.parent / f"{BROKEN_PREFIX}{checkpoint.name}.{copy}"
+    os.replace(checkpoint, target)
+    warnings.warn(f"checkpoint {checkpoint} cannot be loaded: {problem}; resuming from {resumed_from.name}, "
+                  f"the newest intact checkpoint, and moved the broken one to {target.name}", stacklevel=2)
+    return target
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -149,7 +300,9 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, and stale temporaries."""
+    """Delete all but the newest ``keep`` complete checkpoints, and stale temporaries (after
+    :func:`recover_interrupted_writes`, so an interrupted overwrite is counted, not lost)."""
+    recover_interrupted_writes(root)
     for path in list_checkpoints(root)[:-keep]:
         shutil.rmtree(path)
     for path in root.glob(".tmp-*"):

@@ -382,20 +382,69 @@ class FlowTrainer:
 
     def _resume(self, resume_from_checkpoint: bool | str) -> None:
         if resume_from_checkpoint is True:
-            path = checkpointing.latest_checkpoint(self.checkpoint_root)
+            path = self._load_newest_intact()
             if path is None:
                 if self.accelerator.is_main_process:
                     self.metrics_log.truncate_after(-1)
                 return
         else:
-            path = Path(resume_from_checkpoint)
-        self.load_checkpoint(path)
+            self.load_checkpoint(resume_from_checkpoint)
         if self.accelerator.is_main_process:
             self.metrics_log.truncate_after(self.state.step)
 
+    def _load_newest_intact(self) -> Path | None:
+        """Load the newest checkpoint that loads; None when there is none at all.
+
+        Newer ones that fail are moved aside with a warning (:func:`checkpointing.set_aside`),
+        so that pruning cannot delete the one resumed from; when every checkpoint fails, a
+        ConfigError lists them and nothing is moved: starting fresh would overwrite the run.
+        """
+        root, accelerator = self.checkpoint_root, self.accelerator
+        if accelerator.is_main_process:
+            checkpointing.recover_interrupted_writes(root)
+        accelerator.wait_for_everyone()
+        failed: list[tuple[Path, str]] = []
+        for path in reversed(checkpointing.list_checkpoints(root)):
+            problem = self._try_load(path)
+            if problem is None:
+                if accelerator.is_main_process:
+                    for broken, why in failed:
+                        checkpointing.set_aside(broken, why, resumed_from=path)
+                accelerator.wait_for_everyone()
+                return path
+            failed.append((path, problem))
+        if failed:
+            listed = "; ".join(f"{broken.name}: {why}" for broken, why in failed)
+            raise ConfigError(f"no checkpoint under {root} can be loaded, so the run cannot resume ({listed}). "
+                              f"Nothing was changed; to start fresh, move or delete {root} (or use another output_dir), "
+                              f"or repair one and pass its path as resume_from_checkpoint")
+        return None
+
+    def _try_load(self, path: Path) -> str | None:
+        """Load ``path`` on every process; None when all did, else what failed, naming the file
+        where it can. Every process gets the same answer, so they fall back together.
+
+        A load that fails part-way leaves some of its state behind; loading another checkpoint
+        overwrites all of it (model, optimizer, RNG and trainer state; a LoRA base is never loaded).
+        """
+        problem = checkpointing.manifest_problem(path) or checkpointing.random_states_problem(path, self.accelerator.process_index)
+        if problem is None:
+            try:
+                self.accelerator.load_state(str(path))
+            except Exception as error:  # any failure makes the checkpoint unusable; the caller reports it
+                problem = checkpointing.unreadable_file(path) or f"{type(error).__name__}: {error}"
+        problems = gather_object([problem])
+        return "; ".join(dict.fromkeys(p for p in problems if p is not None)) or None
+
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, RNG states and trainer state from a checkpoint
-        directory (``metrics.jsonl`` is left alone)."""
+        directory (``metrics.jsonl`` is left alone). A checkpoint that fails to load raises a
+        ConfigError naming it and the file; the trainer may then hold part of its state."""
+        if self.accelerator.is_main_process:
+            checkpointing.recover_overwrite(Path(path))
+        self.accelerator.wait_for_everyone()
         if not Path(path).is_dir():
             raise ConfigError(f"no checkpoint directory at {path}")
-        self.accelerator.load_state(str(path))
+        problem = self._try_load(Path(path))
+        if problem is not None:
+            raise ConfigError(f"checkpoint {path} cannot be loaded: {problem}")
