@@ -1,7 +1,8 @@
 """ADRPOTrainer against stock TRL GRPOTrainer: with the coefficient's clip range collapsed to a
 constant c, ADRPO's loss and gradients equal GRPO's with beta = β0 − c, for every loss_type,
-with a PEFT reference, and with num_iterations = 2. These guard the override of TRL's private
-``_compute_loss``."""
+with a PEFT reference, and with num_iterations = 2; with a coefficient that differs per completion,
+they equal GRPO run on each completion alone with beta set to that completion's coefficient. These
+guard the override of TRL's private ``_compute_loss``."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def perturb(model):
 def loss_and_grads(trainer, inputs):
     trainer.current_gradient_accumulation_steps = 1  # set by the HF training loop, which these tests skip
     trainer.model.train()
+    trainer.model.zero_grad(set_to_none=True)
     loss = trainer._compute_loss(trainer.model, inputs)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -131,3 +133,54 @@ def test_adaptive_coefficient_differs_from_fixed_beta(tmp_path, tiny_path):
     _, grads_s = loss_and_grads(stock, inputs)
     _, grads_a = loss_and_grads(adrpo, inputs)
     assert any(not torch.allclose(grads_a[n], grads_s[n], rtol=1e-4, atol=1e-6) for n in grads_s)
+
+
+# How each loss_type's aggregate of B rows splits into the losses of single rows (every aggregate is linear
+# in the rows): the mean of row means (grpo, sapo, luspo) or of row sums over B·max_completion_length
+# (dr_grpo) weighs each single-row loss 1/B; bnpo's token mean weighs it by its share of the tokens; dapo,
+# cispo and vespo divide by the batch's num_items_in_batch, which the single rows keep: weight 1.
+ROW_WEIGHTS = {
+    **dict.fromkeys(("grpo", "sapo", "luspo", "dr_grpo"), lambda mask: torch.full((mask.shape[0],), 1 / mask.shape[0])),
+    "bnpo": lambda mask: mask.sum(1) / mask.sum(),
+    **dict.fromkeys(("dapo", "cispo", "vespo"), lambda mask: torch.ones(mask.shape[0])),
+}
+
+
+def single_row(inputs, i):
+    n = inputs["advantages"].shape[0]
+    return {k: v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v for k, v in inputs.items()}
+
+
+def row_by_row(stock, inputs, betas, weights):
+    """Σ_i weight_i · (stock GRPO on completion i alone with beta = betas[i]): loss and gradients."""
+    loss, grads = 0.0, {}
+    for i, (beta, weight) in enumerate(zip(betas.tolist(), weights.tolist())):
+        stock.beta = beta
+        row_loss, row_grads = loss_and_grads(stock, single_row(inputs, i))
+        loss = loss + weight * row_loss
+        grads = {n: grads.get(n, 0.0) + weight * g for n, g in row_grads.items()}
+    return loss, grads
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_each_completion_gets_its_own_coefficient(tmp_path, tiny_path, loss_type):
+    """Distinct advantages and distinct per-row KLs: ADRPO equals stock GRPO run row by row with each row's
+    own beta = β0 − clip(A_i), and differs from the same rows given the coefficients in reverse order."""
+    stock = build(GRPOTrainer, GRPOConfig(**common_args(tmp_path, beta=BETA0, loss_type=loss_type)), tiny_path)
+    adrpo = build(ADRPOTrainer, ADRPOConfig(**common_args(tmp_path, beta=BETA0, loss_type=loss_type)), tiny_path)  # clip ±β0
+    inputs = generation(stock)
+    inputs["advantages"] = torch.tensor([-0.06, -0.03, -0.015, -0.005, 0.01, 0.025, 0.035, 0.07])  # (B,), 2 beyond ±0.04
+    # β0 − clip(A, −0.04, 0.04), one value per row:
+    coefficient = torch.tensor([0.08, 0.07, 0.055, 0.045, 0.03, 0.015, 0.005, 0.0])
+    weights = ROW_WEIGHTS[loss_type](inputs["completion_mask"].float())
+    perturb(stock.model)
+    perturb(adrpo.model)
+
+    loss_a, grads_a = loss_and_grads(adrpo, inputs)
+    loss_r, grads_r = row_by_row(stock, inputs, coefficient, weights)
+    loss_x, _ = row_by_row(stock, inputs, coefficient.flip(0), weights)  # the coefficients on the wrong rows
+
+    torch.testing.assert_close(loss_a, loss_r, rtol=1e-5, atol=1e-7)
+    for name in grads_r:
+        torch.testing.assert_close(grads_a[name], grads_r[name], rtol=1e-4, atol=1e-7, msg=name)
+    assert abs(loss_x - loss_r) > 100 * (1e-7 + 1e-5 * abs(loss_r))  # the check above can tell the rows apart

@@ -1,7 +1,9 @@
-"""ADRPOConfig validation, PerSampleBeta arithmetic, and ADRPOTrainer end to end on tiny Qwen2 and
-Llama models: parameters move, the reward goes up, the coefficient diagnostics are logged and lie
-in [β0 − A_max, β0 − A_min], and TRL's z-scored advantages saturate the ±β0 clip (the note in
-adrpo/llm/config.py) while ``adv_coef_scale=beta`` keeps it graded."""
+"""ADRPOConfig validation, PerSampleBeta arithmetic (every way to write the product, and the refusal of
+a KL that is not per-completion), and ADRPOTrainer end to end on tiny Qwen2 and Llama models:
+parameters move, the reward goes up, the coefficient diagnostics are logged and lie in
+[β0 − A_max, β0 − A_min] (their min and max over the whole logging interval), and TRL's z-scored
+advantages saturate the ±β0 clip (the note in adrpo/llm/config.py) while ``adv_coef_scale=beta``
+keeps it graded."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from adrpo.core.coefficient import adaptive_coefficient
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.trainer import ADRPOTrainer, PerSampleBeta
@@ -103,6 +106,52 @@ def test_per_sample_beta_tensor_on_the_left():
     torch.testing.assert_close(kl * beta, torch.tensor([[0.0] * 3, [0.08] * 3]))
 
 
+def per_sample_products(beta, kl):
+    """Every way to write beta times kl that PerSampleBeta must scale row by row."""
+    in_place = kl.clone()
+    in_place *= beta
+    return {
+        "beta * kl": beta * kl, "kl * beta": kl * beta, "torch.mul(beta, kl)": torch.mul(beta, kl),
+        "torch.mul(kl, beta)": torch.mul(kl, beta), "kl.mul(beta)": kl.mul(beta), "kl *= beta": in_place,
+        "kl.clone().mul_(beta)": kl.clone().mul_(beta),
+    }
+
+
+def test_per_sample_beta_every_product_form_is_per_row():
+    beta = PerSampleBeta(0.04, torch.tensor([[0.01], [0.02], [0.03]]))  # (B, 1), B = 3
+    kl = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # (B, T)
+    # row b times coefficient b: [0.01, 0.02], [0.06, 0.08], [0.15, 0.18]
+    expected = torch.tensor([[0.01, 0.02], [0.06, 0.08], [0.15, 0.18]])
+    for form, product in per_sample_products(beta, kl).items():
+        torch.testing.assert_close(product, expected, msg=form)
+    # a sequence-level (B, 1) KL and a (B,) one are per-completion too: [2, 3, 4] -> [0.02, 0.06, 0.12]
+    torch.testing.assert_close(torch.mul(beta, torch.tensor([[2.0], [3.0], [4.0]])), torch.tensor([[0.02], [0.06], [0.12]]))
+    torch.testing.assert_close(torch.mul(beta, torch.tensor([2.0, 3.0, 4.0])), torch.tensor([0.02, 0.06, 0.12]))
+
+
+@pytest.mark.parametrize("shape", [(), (2,), (1,), (1, 2), (4, 2)])
+def test_per_sample_beta_refuses_a_kl_that_is_not_per_completion(shape):
+    beta = PerSampleBeta(0.04, torch.tensor([[0.01], [0.02], [0.03]]))  # B = 3
+    reduced = torch.ones(shape)  # e.g. a KL already averaged over completions or tokens
+    for write in (lambda: beta * reduced, lambda: reduced * beta, lambda: torch.mul(beta, reduced),
+                  lambda: torch.mul(reduced, beta), lambda: reduced.clone().mul_(beta)):
+        with pytest.raises(ValueError) as info:
+            write()
+        message = str(info.value)
+        assert "TRL's KL term is no longer per-completion" in message
+        assert f"shape {shape}" in message and "shape (3, 1)" in message  # what it got and what it holds
+
+
+def test_per_sample_beta_refuses_other_torch_uses():
+    beta = PerSampleBeta(0.04, torch.tensor([[0.01], [0.02]]))
+    kl = torch.ones(2, 3)
+    for name, write in [("add", lambda: kl + beta), ("add", lambda: torch.add(kl, beta)), ("div", lambda: kl / beta),
+                        ("clamp", lambda: kl.clamp(max=beta))]:
+        with pytest.raises(NotImplementedError, match=rf"torch's {name} cannot use it per sample"):
+            write()
+    assert beta + 1.0 == pytest.approx(1.04)  # plain Python numbers still see the float beta0
+
+
 # --- end to end -----------------------------------------------------------------------------
 
 
@@ -180,6 +229,36 @@ def test_adv_coef_scale_beta_keeps_the_coefficient_graded(model_paths, tmp_path_
     assert frac(graded) < 0.5 <= frac(saturated)
     for row in graded:
         assert 0.0 - 1e-6 <= row["adrpo/coef_min"] <= row["adrpo/coef_max"] <= 0.08 + 1e-6
+
+
+def test_logged_coef_min_and_max_are_the_extremes_of_the_logging_interval(model_paths, tmp_path, monkeypatch):
+    """TRL averages every metric over the logging interval; the coefficient's min and max must instead be
+    the extremes over all its micro-batches (here 2 accumulation steps x 2 optimizer steps = 4 per log)."""
+    import adrpo.llm.trainer as trainer_module
+
+    seen: list[torch.Tensor] = []  # the (B,) coefficient of every micro-batch, in order
+
+    def recording(*args, **kwargs):
+        out = adaptive_coefficient(*args, **kwargs)
+        seen.append(out[0].detach().clone())
+        return out
+
+    monkeypatch.setattr(trainer_module, "adaptive_coefficient", recording)
+    args = config(tmp_path, max_steps=4, logging_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=4,
+                  num_generations=4, max_completion_length=4, learning_rate=1e-2, seed=0, adv_coef_scale=0.04)
+    trainer = build(model_paths["qwen2"], args)
+    trainer.train()
+    logs = [row for row in trainer.state.log_history if "adrpo/coef_min" in row]
+    assert len(logs) == 2 and len(seen) == 8
+    per_log = [seen[i:i + 4] for i in (0, 4)]
+    for row, batches in zip(logs, per_log):
+        every = torch.cat(batches)
+        assert row["adrpo/coef_min"] == pytest.approx(every.min().item(), abs=1e-7)
+        assert row["adrpo/coef_max"] == pytest.approx(every.max().item(), abs=1e-7)
+        assert row["adrpo/coef_mean"] == pytest.approx(every.mean().item(), abs=1e-7)  # equal micro-batches: mean of means
+    # the test has teeth: averaging the per-micro-batch extremes (what TRL's log does) gives other numbers
+    mean_of_mins = [statistics.fmean(b.min().item() for b in batches) for batches in per_log]
+    assert any(abs(m - row["adrpo/coef_min"]) > 1e-3 for m, row in zip(mean_of_mins, logs))
 
 
 def nan_reward(completions, **kwargs):

@@ -10,7 +10,9 @@ disabled PEFT adapter, importance sampling, vLLM and DeepSpeed/FSDP stay TRL's.
 
 Because this relies on a private method, the supported TRL versions are pinned in the
 package metadata, and tests/test_llm_parity.py checks, for every ``loss_type``, that with the
-clip range collapsed to a constant c the loss and gradients equal stock GRPO with beta = β0 − c.
+clip range collapsed to a constant c the loss and gradients equal stock GRPO with beta = β0 − c,
+and that with coefficients differing per completion they equal stock GRPO run on each completion
+alone with beta set to its own coefficient.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from adrpo.core.coefficient import adaptive_coefficient
 class PerSampleBeta(float):
     """A float (β0, for TRL's ``beta != 0`` tests) that multiplies a KL tensor per sample.
 
+    ``beta * kl``, ``kl * beta``, ``torch.mul(beta, kl)``, ``kl.mul(beta)`` and ``kl *= beta``
+    scale row b of the (B, ...) tensor by ``coefficient[b]``; Python arithmetic with numbers sees
+    the plain float β0. Anything else is refused rather than silently using β0 for every row: a
+    product with a tensor whose leading dimension is not B (a KL already reduced over the
+    completions) raises ``ValueError``, any other torch function ``NotImplementedError``.
+
     Args:
         beta0: the base coefficient, the float's value.
         coefficient: (B, 1) per-completion coefficients β0 − clip(A).
@@ -37,23 +45,49 @@ class PerSampleBeta(float):
         value.coefficient = coefficient
         return value
 
+    def rows_of(self, other: torch.Tensor) -> torch.Tensor:
+        """The coefficient shaped (B, 1, ..., 1) to scale each row of ``other`` (B, ...)."""
+        n = self.coefficient.shape[0]
+        if other.dim() == 0 or other.shape[0] != n:
+            raise ValueError(
+                f"PerSampleBeta holds one KL coefficient per completion, shape {tuple(self.coefficient.shape)}, "
+                f"but was multiplied by a tensor of shape {tuple(other.shape)}: TRL's KL term is no longer "
+                f"per-completion (expected leading dimension B = {n}), so ADRPOTrainer cannot apply beta0 - clip(A) "
+                "row by row with this TRL version"
+            )
+        return self.coefficient.to(other.dtype).reshape(n, *[1] * (other.dim() - 1))
+
     def __mul__(self, other):
         if isinstance(other, torch.Tensor):
-            return self.coefficient.to(other.dtype) * other  # (B, 1) * (B, T)
+            return self.rows_of(other) * other
         return float(self) * other
 
     __rmul__ = __mul__
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        """``tensor * beta`` reaches torch first: multiply by the coefficient there too; any
-        other torch use of the value sees the plain float β0."""
+        """``tensor * beta``, ``torch.mul(beta, tensor)`` and their in-place forms reach torch first:
+        multiply by the coefficient there too."""
         kwargs = kwargs or {}
-        per_sample = func in (torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul, torch.mul)
-        args = tuple(
-            (a.coefficient.to(args[0].dtype) if per_sample else float(a)) if isinstance(a, cls) else a for a in args
-        )
-        return func(*args, **kwargs)
+        operands = [*args, *(v for k, v in kwargs.items() if k != "out")]
+        tensor = next((a for a in operands if isinstance(a, torch.Tensor)), None)
+        if func not in _PRODUCTS or tensor is None:
+            # NotImplementedError, not TypeError: torch turns a TypeError of an operator into NotImplemented
+            raise NotImplementedError(
+                f"PerSampleBeta (one KL coefficient per completion) can only multiply a (B, ...) tensor; "
+                f"torch's {getattr(func, '__name__', func)} cannot use it per sample: TRL's use of beta has changed"
+            )
+
+        def per_sample(a):
+            return a.rows_of(tensor) if isinstance(a, cls) else a
+
+        return func(*map(per_sample, args), **{k: per_sample(v) for k, v in kwargs.items()})
+
+
+_PRODUCTS = frozenset({
+    torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__, torch.Tensor.__rmul__,
+    torch.Tensor.mul_, torch.Tensor.multiply_, torch.Tensor.__imul__,
+})
 
 
 class ADRPOTrainer(GRPOTrainer):
@@ -61,7 +95,8 @@ class ADRPOTrainer(GRPOTrainer):
 
     Takes exactly GRPOTrainer's arguments, with ``args`` an :class:`adrpo.llm.config.ADRPOConfig`.
     Logs ``adrpo/coef_mean``, ``adrpo/coef_min``, ``adrpo/coef_max``, ``adrpo/frac_clipped`` and
-    ``adrpo/frac_negative`` beside TRL's ``kl`` and ``entropy``.
+    ``adrpo/frac_negative`` beside TRL's ``kl`` and ``entropy``: min and max over every completion
+    of the logging interval on every process, the others means over them.
     """
 
     def _compute_loss(self, model, inputs):
@@ -92,7 +127,10 @@ class ADRPOTrainer(GRPOTrainer):
         means = self.accelerator.reduce(stacked, reduction="mean").tolist()
         low = self.accelerator.gather(diagnostics["coef_min"].reshape(1)).min().item()
         high = self.accelerator.gather(diagnostics["coef_max"].reshape(1)).max().item()
+        metrics = self._metrics[mode]
         for key, value in zip(("coef_mean", "frac_clipped", "frac_negative"), means):
-            self._metrics[mode][f"adrpo/{key}"].append(value)
-        self._metrics[mode]["adrpo/coef_min"].append(low)
-        self._metrics[mode]["adrpo/coef_max"].append(high)
+            metrics[f"adrpo/{key}"].append(value)  # equal-sized micro-batches: TRL's average is the interval's mean
+        # TRL's log averages each list over the logging interval; a one-element running extreme
+        # makes that average the extreme over every micro-batch (and process) of the interval.
+        metrics["adrpo/coef_min"] = [min([*metrics["adrpo/coef_min"], low])]
+        metrics["adrpo/coef_max"] = [max([*metrics["adrpo/coef_max"], high])]
