@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import argparse
 import dataclasses
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from adrpo.errors import ConfigError
 
 
 def preset_path(name: str) -> Path:
@@ -78,7 +79,7 @@ def _relative_to_config(args: argparse.Namespace, path: str) -> str:
 
 def cmd_fm_compare(args: argparse.Namespace) -> None:
     from adrpo.experiments.compare import CompareSpec, run_compare
-    from adrpo.experiments.report import markdown_table, final_metrics, write_report
+    from adrpo.experiments.report import final_metrics, first_alarms, markdown_table, write_report
 
     values = _config_values(args)
     for name in ("output_dir", "seeds", "workers"):
@@ -87,7 +88,7 @@ def cmd_fm_compare(args: argparse.Namespace) -> None:
     spec = CompareSpec.from_dict(values)
     results = run_compare(spec, resume=args.resume)
     paths = write_report(results, Path(spec.output_dir))
-    print(markdown_table(final_metrics(results)))
+    print(markdown_table(final_metrics(results), alarms=first_alarms(results)))
     print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}\nruns:  {Path(spec.output_dir) / 'runs'}")
 
 
@@ -118,11 +119,25 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     if not trainer.accelerator.is_main_process:
         return
     evals = [row for row in rows if "eval/reward" in row]
-    for row in (evals[0], evals[-1]) if evals else ():
+    for row in evals[:1] + evals[1:][-1:]:  # the first and the last (one row when a stop left no final evaluation)
         print(f"step {row['step']:>5}: reward {row['eval/reward']:.4f}  diversity {row['eval/diversity']:.4f}  w2 {row['eval/w2']:.5f}")
     if exported is not None:
         print(f"weights for diffusers: {exported}")
+    _print_alarms(spec.config, trainer.state.step)
     print(f"run directory: {spec.config.output_dir}")
+
+
+def _print_alarms(config, step: int) -> None:
+    """The collapse monitor's record of an `fm train` run, and whether it stopped the run."""
+    from adrpo.core.monitor import read_alarms
+
+    if config.monitor == "off":
+        return
+    alarms = read_alarms(Path(config.output_dir) / "alarms.jsonl")
+    for alarm in alarms:
+        print(f"collapse alarm: {alarm.message}")
+    if step < config.num_steps:
+        print(f"stopped at step {step} of {config.num_steps} (monitor: stop); --resume continues from its checkpoint")
 
 
 def cmd_fm_export(args: argparse.Namespace) -> None:
@@ -159,7 +174,7 @@ def cmd_grpo_train(args: argparse.Namespace) -> None:
 
 def cmd_grpo_compare(args: argparse.Namespace) -> None:
     from adrpo.experiments.llm_compare import LLMCompareSpec, run_llm_compare
-    from adrpo.experiments.report import LLM_METRICS, final_metrics, markdown_table, write_report
+    from adrpo.experiments.report import LLM_METRICS, final_metrics, first_alarms, markdown_table, write_report
 
     values = _config_values(args)
     for name in ("output_dir", "seeds"):
@@ -168,7 +183,7 @@ def cmd_grpo_compare(args: argparse.Namespace) -> None:
     spec = LLMCompareSpec.from_dict(values)
     results = run_llm_compare(spec)
     paths = write_report(results, Path(spec.output_dir), llm=True)
-    print(markdown_table(final_metrics(results, LLM_METRICS), metrics=LLM_METRICS))
+    print(markdown_table(final_metrics(results, LLM_METRICS), metrics=LLM_METRICS, alarms=first_alarms(results)))
     print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}")
 
 

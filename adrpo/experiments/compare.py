@@ -12,13 +12,12 @@ A comparison is described by a YAML file (see ``adrpo/configs/digits*.yaml``)::
       - {label: "ORW-CFM-W2 (α=1)", method: orw_cfm_w2, orw_alpha: 1.0}
 
 Each (method, seed) run writes ``output_dir/runs/<label>/seed-<s>/`` (metrics.jsonl,
-TensorBoard logs, final checkpoint). The base model's row is every run's evaluation before
+alarms.jsonl of the collapse monitor, TensorBoard logs, final checkpoint); a run's result
+carries its ``alarms``. The base model's row is every run's evaluation before
 its first step.
 """
 
 from __future__ import annotations
-
-from adrpo.errors import ConfigError
 
 import dataclasses
 import re
@@ -32,8 +31,9 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from adrpo.settings import from_mapping
+from adrpo.errors import ConfigError
 from adrpo.flow.config import FlowConfig
+from adrpo.settings import from_mapping
 
 BASE_LABEL = "Base"
 
@@ -104,6 +104,7 @@ def run_one(spec: CompareSpec, method: dict[str, Any], seed: int, *, resume: boo
     """Train one (method, seed) and return its evaluation trajectory."""
     import torch
 
+    from adrpo.core.monitor import read_alarms
     from adrpo.flow.trainer import FlowTrainer
     from adrpo.tasks import build_task
 
@@ -121,7 +122,9 @@ def run_one(spec: CompareSpec, method: dict[str, Any], seed: int, *, resume: boo
         for row in rows
         if any(k.startswith("eval/") for k in row)
     ]
-    return {"label": method["label"], "seed": seed, "config": config.to_dict(), "trajectory": trajectory}
+    # the collapse monitor's alarms (None: monitor off); the file survives a resume, the trainer object does not
+    alarms = None if config.monitor == "off" else [a.to_dict() for a in read_alarms(Path(config.output_dir) / "alarms.jsonl")]
+    return {"label": method["label"], "seed": seed, "config": config.to_dict(), "trajectory": trajectory, "alarms": alarms}
 
 
 def run_compare(spec: CompareSpec, *, resume: bool = False) -> dict[str, Any]:

@@ -35,13 +35,43 @@ def final_metrics(results: dict[str, Any], metrics: Sequence[Metric] = METRICS) 
     return table
 
 
+def first_alarms(results: dict[str, Any]) -> dict[str, list[int | None] | None]:
+    """{label: [step of each seed's first collapse-monitor alarm, None where none]}, seeds in run
+    order; a label maps to None when its runs carry no alarm record (monitor off, older results)."""
+    steps: dict[str, list[int | None] | None] = {}
+    for run in results["runs"]:
+        alarms = run.get("alarms")
+        if alarms is None:
+            steps.setdefault(run["label"], None)
+            continue
+        row = steps.get(run["label"]) or []
+        row.append(min((alarm["step"] for alarm in alarms), default=None))
+        steps[run["label"]] = row
+    return steps
+
+
+def alarm_cell(steps: list[int | None] | None) -> str:
+    """An em dash when no seed raised an alarm, else each seed's first-alarm step, e.g. ``40, —, 55``."""
+    if steps is None:
+        return "off"
+    if all(step is None for step in steps):
+        return "—"
+    return ", ".join("—" if step is None else str(step) for step in steps)
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample std (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown_table(table: dict[str, dict[str, list[float]]], *, metrics: Sequence[Metric] = METRICS, digits: int = 3) -> str:
-    """Table 1 layout: one row per method, mean ± std over seeds; best in bold, second in italics."""
+def markdown_table(
+    table: dict[str, dict[str, list[float]]], *, metrics: Sequence[Metric] = METRICS, digits: int = 3,
+    alarms: dict[str, list[int | None] | None] | None = None,
+) -> str:
+    """Table 1 layout: one row per method, mean ± std over seeds; best in bold, second in italics.
+
+    With ``alarms`` (:func:`first_alarms`) a last column gives each seed's first collapse alarm.
+    """
     labels = list(table)
     ranked: dict[str, dict[str, int]] = {key: {} for key, _, _ in metrics}
     for key, _, higher in metrics:
@@ -50,7 +80,8 @@ def markdown_table(table: dict[str, dict[str, list[float]]], *, metrics: Sequenc
         trained = [label for label in labels if label != BASE_LABEL]
         order = sorted(trained, key=lambda label: mean_std(table[label][key])[0], reverse=higher)
         ranked[key] = {label: rank for rank, label in enumerate(order)}
-    lines = ["| Method | " + " | ".join(title for _, title, _ in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    titles = [title for _, title, _ in metrics] + (["First alarm"] if alarms is not None else [])
+    lines = ["| Method | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
     for label in labels:
         cells = []
         for key, _, _ in metrics:
@@ -58,10 +89,15 @@ def markdown_table(table: dict[str, dict[str, list[float]]], *, metrics: Sequenc
             cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
             rank = ranked[key].get(label)
             cells.append(f"**{cell}**" if rank == 0 else f"*{cell}*" if rank == 1 else cell)
+        if alarms is not None:
+            cells.append("" if label == BASE_LABEL else alarm_cell(alarms.get(label)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     seeds = len(next(iter(table.values()))["reward"])
     lines.append("")
     lines.append(f"Mean ± sample std over {seeds} seeds on held-out prompts; best trained method in bold, second in italics.")
+    if alarms is not None:
+        lines.append("First alarm: the step of each seed's first collapse-monitor alarm (alarms.jsonl in the run directory), "
+                     "— where none was raised.")
     return "\n".join(lines)
 
 
@@ -153,7 +189,7 @@ def write_report(results: dict[str, Any], output_dir: Path, *, llm: bool = False
              "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png")}
     summary = {label: {key: dict(zip(("mean", "std"), mean_std(values))) for key, values in row.items()} for label, row in table.items()}
     paths["json"].write_text(json.dumps({**results, "summary": summary}, indent=1))
-    paths["table"].write_text(markdown_table(table, metrics=metrics) + "\n")
+    paths["table"].write_text(markdown_table(table, metrics=metrics, alarms=first_alarms(results)) + "\n")
     if llm:
         plot_trajectories(results, paths["plot"])
     else:

@@ -7,14 +7,16 @@ clipping at 1.0). Validation errors name the field and the allowed values.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from adrpo.settings import from_mapping
 from adrpo.core.advantages import BASELINES, SCALINGS
+from adrpo.core.monitor import POLICIES as MONITOR_POLICIES
+from adrpo.core.monitor import Thresholds
+from adrpo.errors import ConfigError
+from adrpo.settings import from_mapping
 
 METHODS = ("adrpo", "orw_cfm_w2", "raft", "flow_dpo")
 
@@ -117,6 +119,12 @@ class FlowConfig:
     keep_checkpoints: int = _help("Complete checkpoints kept on disk.", 2)
     report_to: list[str] = _help("Trackers: 'tensorboard', 'wandb', or 'none'.", ["tensorboard"])
     progress_bar: bool = _help("Show a tqdm progress bar.", True)
+    monitor: str = _help(
+        f"Training-collapse monitor (adrpo.core.monitor), one of {MONITOR_POLICIES}: 'warn' logs each alarm and records it "
+        "in output_dir/alarms.jsonl; 'stop' also saves a checkpoint and ends the run at the first alarm (--resume "
+        "continues); 'off' builds no monitor.", "warn")
+    monitor_thresholds: dict[str, float] = _help(
+        "Overrides of adrpo.core.monitor.Thresholds, e.g. {diversity_fraction: 0.4, kl_max: null}; null switches a rule off.", {})
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -158,6 +166,13 @@ class FlowConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.orw_alpha < 0:
             raise ConfigError(f"orw_alpha must be >= 0, got {self.orw_alpha}")
+        # Collapse monitor
+        if self.monitor not in MONITOR_POLICIES:
+            raise ConfigError(f"monitor must be one of {MONITOR_POLICIES}, got {self.monitor!r}")
+        try:
+            Thresholds.from_dict(self.monitor_thresholds)
+        except ConfigError as err:
+            raise ConfigError(f"monitor_thresholds: {err}") from err
 
     def _refuse_no_op_settings(self) -> None:
         """Settings under which a method trains nothing, refused by field; surprising ones warn."""

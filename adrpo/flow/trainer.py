@@ -23,11 +23,11 @@ from the same base model and call ``train(resume_from_checkpoint=True)``.
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -38,11 +38,18 @@ from tqdm.auto import tqdm
 from adrpo.core.advantages import compute_advantages
 from adrpo.core.flow_losses import FlowLoss, preference_pairs, squared_error
 from adrpo.core.metrics import grouped_diversity
+from adrpo.core.monitor import CollapseMonitor, Thresholds
 from adrpo.core.paths import StraightPath, shifted_time_grid
+from adrpo.errors import ConfigError
 from adrpo.flow import checkpointing
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.engine import (
-    check_trainable_precision, check_whole_parameters, configure_deepspeed, default_accelerator, enable_gradient_checkpointing, unwrap,
+    check_trainable_precision,
+    check_whole_parameters,
+    configure_deepspeed,
+    default_accelerator,
+    enable_gradient_checkpointing,
+    unwrap,
 )
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
@@ -51,6 +58,14 @@ from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+class FlowCallback(Protocol):
+    """Sees every logged row (``{"step": s, ...}``, as written to ``metrics.jsonl``) on the main
+    process; may set ``trainer.should_stop = True``. An optional ``on_train_begin(trainer, rows)``
+    receives the rows already in ``metrics.jsonl`` when training starts (those a resumed run kept)."""
+
+    def on_log(self, trainer: FlowTrainer, row: dict[str, float]) -> None: ...
 
 
 class FlowTrainer:
@@ -65,6 +80,13 @@ class FlowTrainer:
         diversity_fn: optional ``(N, *D) -> (N, E)`` embedder; its per-prompt mean pairwise
             distance is logged as ``diversity``.
         accelerator: an existing Accelerator; by default one is built (CPU without CUDA).
+        callbacks: :class:`FlowCallback` objects. Unless ``config.monitor`` is "off" (or one of
+            them already is a :class:`CollapseMonitor`), the collapse monitor is added, built
+            from ``config.monitor`` and ``config.monitor_thresholds``, recording to
+            ``output_dir/alarms.jsonl``.
+
+    A callback that sets ``should_stop`` ends :meth:`train` after that step's log: a
+    checkpoint of the step is saved and ``train`` returns; resuming continues from it.
 
     Like transformers' Trainer, construction seeds Python, NumPy and torch globally
     (``accelerate.utils.set_seed(config.seed)``), so LoRA initialisation is reproducible.
@@ -79,6 +101,7 @@ class FlowTrainer:
         *,
         diversity_fn: Embedder | None = None,
         accelerator: Accelerator | None = None,
+        callbacks: Sequence[FlowCallback] = (),
     ):
         if not train_prompts:
             raise ConfigError("train_prompts is empty")
@@ -119,7 +142,12 @@ class FlowTrainer:
             checkpointing.save_only_trainable(self.accelerator, self.model)
         self.metrics_log = checkpointing.MetricsLog(self.output_dir / "metrics.jsonl")
         self.checkpoint_root = self.output_dir / "checkpoints"
-        self.accelerator.init_trackers("adrpo", config={k: str(v) if isinstance(v, list) else v for k, v in config.to_dict().items()})
+        self.accelerator.init_trackers("adrpo", config={k: str(v) if isinstance(v, (list, dict)) else v for k, v in config.to_dict().items()})
+        self.callbacks: list[FlowCallback] = list(callbacks)
+        if config.monitor != "off" and not any(isinstance(c, CollapseMonitor) for c in self.callbacks):
+            thresholds = Thresholds.from_dict(config.monitor_thresholds)
+            self.callbacks.append(CollapseMonitor(thresholds, policy=config.monitor, path=self.output_dir / "alarms.jsonl"))
+        self.should_stop = False
 
     # ----------------------------------------------------------------- sampling
     @property
@@ -322,6 +350,9 @@ class FlowTrainer:
     ) -> list[dict[str, float]]:
         """Train to ``config.num_steps``; returns the rows written to ``metrics.jsonl``.
 
+        When a callback sets ``should_stop`` (the collapse monitor under ``monitor: stop``),
+        training ends after that step: its checkpoint is saved and the rows so far are returned.
+
         Args:
             resume_from_checkpoint: True resumes from the newest checkpoint under
                 ``output_dir/checkpoints`` (a fresh start when there is none); a path resumes
@@ -334,6 +365,12 @@ class FlowTrainer:
             self._resume(resume_from_checkpoint)
         elif self.accelerator.is_main_process:
             self.metrics_log.truncate_after(-1)
+        self.should_stop = False
+        if self.accelerator.is_main_process:
+            kept = self.metrics_log.read()
+            for callback in self.callbacks:
+                if hasattr(callback, "on_train_begin"):
+                    callback.on_train_begin(self, kept)
         if evaluator is not None and self.state.step == 0:
             self._log({f"eval/{k}": v for k, v in evaluator(self).items()})
         bar = tqdm(
@@ -349,8 +386,11 @@ class FlowTrainer:
                 self._log(metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", w2=f"{metrics['w2']:.4f}")
-            if step == cfg.num_steps or (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0):
+            stop = self._stop_requested()
+            if stop or step == cfg.num_steps or (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0):
                 self.save_checkpoint()
+            if stop:
+                break
         bar.close()
         self.accelerator.end_training()
         return self.metrics_log.read()
@@ -358,7 +398,18 @@ class FlowTrainer:
     def _log(self, metrics: dict[str, float]) -> None:
         self.accelerator.log(metrics, step=self.state.step)
         if self.accelerator.is_main_process:
-            self.metrics_log.append({"step": self.state.step, **metrics})
+            row = {"step": self.state.step, **metrics}
+            self.metrics_log.append(row)
+            for callback in self.callbacks:
+                callback.on_log(self, row)
+
+    def _stop_requested(self) -> bool:
+        """``should_stop`` as set on the main process (where callbacks run), agreed by every process."""
+        if self.accelerator.num_processes == 1 or not self.callbacks:
+            return self.should_stop
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([self.should_stop], from_process=0)[0])
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:

@@ -8,6 +8,12 @@
       - {type: format, pattern: ".*\\d+", weight: 0.2}
     peft: {r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}   # optional
     args: {beta: 0.04, learning_rate: 1.0e-6, ...}      # ADRPOConfig / GRPOConfig fields
+    monitor: warn                                       # collapse monitor: off, warn (default) or stop, or
+                                                        # {policy: stop, thresholds: {kl_max: 1.0}}
+
+``monitor`` (see :mod:`adrpo.core.monitor` and :mod:`adrpo.llm.callbacks`) watches the logged
+reward, entropy, KL, zero-std groups and negative coefficients; ``warn`` logs each alarm and
+records it in ``output_dir/alarms.jsonl``, ``stop`` also saves a checkpoint and ends training.
 
 On a machine without CUDA, bf16 and gradient checkpointing are turned off unless ``args``
 sets them (TRL's defaults are ~7x slower on a CPU).
@@ -15,13 +21,12 @@ sets them (TRL's defaults are ~7x slower on a CPU).
 
 from __future__ import annotations
 
-from adrpo.errors import ConfigError
-
 from typing import Any
 
+from adrpo.errors import ConfigError
 from adrpo.prompts import load_prompt_dataset
 
-KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args")
+KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args", "monitor")
 
 
 def build_trainer(values: dict[str, Any]):
@@ -29,11 +34,12 @@ def build_trainer(values: dict[str, Any]):
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from adrpo.settings import cache_root
+    from adrpo.llm.callbacks import monitor_callback
     from adrpo.llm.config import ADRPOConfig
     from adrpo.llm.gguf import resolve_model_path
     from adrpo.llm.trainer import ADRPOTrainer
     from adrpo.rewards.text import build_reward
+    from adrpo.settings import cache_root
 
     unknown = sorted(set(values) - set(KEYS))
     if unknown:
@@ -64,8 +70,9 @@ def build_trainer(values: dict[str, Any]):
             peft_config = LoraConfig(**values["peft"])
         except (TypeError, ValueError) as err:
             raise ConfigError(f"peft: {err}") from err
+    monitor = monitor_callback(values.get("monitor", "warn"))
     trainer_cls = ADRPOTrainer if kind == "adrpo" else GRPOTrainer
     return trainer_cls(
         model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,
-        train_dataset=load_prompt_dataset(values["dataset"]), peft_config=peft_config,
+        train_dataset=load_prompt_dataset(values["dataset"]), peft_config=peft_config, callbacks=[monitor] if monitor else None,
     )

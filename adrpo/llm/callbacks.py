@@ -1,0 +1,84 @@
+"""TRL/transformers callbacks: the training-collapse monitor of :mod:`adrpo.core.monitor`.
+
+:class:`CollapseMonitorCallback` feeds every ``on_log`` dict (TRL's GRPOTrainer hands it
+``reward``, ``kl``, ``entropy``, ``frac_reward_zero_std``, ``adrpo/frac_negative``, ... for
+training and the same keys with an ``eval_`` prefix for evaluation) with
+``step = state.global_step`` to the detector. Policy ``warn`` logs each alarm; ``stop`` sets
+``control.should_save`` and ``control.should_training_stop``, so that the Trainer writes
+``checkpoint-<step>`` and ends the run; ``resume_from_checkpoint`` continues it. Alarms are
+appended to ``output_dir/alarms.jsonl``.
+
+GRPOTrainer gathers its metrics across processes before logging, so every process sees the
+same rows and takes the same stop decision; only world process zero warns and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from adrpo.core.monitor import POLICIES, Alarm, CollapseMonitor, Thresholds
+from adrpo.errors import ConfigError
+
+
+class CollapseMonitorCallback(TrainerCallback):
+    """The collapse monitor as a ``TrainerCallback``.
+
+    Args:
+        thresholds: the detector's :class:`~adrpo.core.monitor.Thresholds` (defaults when None).
+        policy: "warn" or "stop".
+        path: where alarms are recorded; default ``args.output_dir/alarms.jsonl``.
+    """
+
+    def __init__(self, thresholds: Thresholds | None = None, *, policy: str = "warn", path: str | Path | None = None):
+        self.monitor = CollapseMonitor(thresholds, policy=policy)
+        self.path = None if path is None else Path(path)
+
+    @property
+    def alarms(self) -> list[Alarm]:
+        return self.monitor.alarms
+
+    def observe(self, row: Mapping[str, Any], control) -> list[Alarm]:
+        """Feed one row (with a ``step``) from any source, e.g. a held-out evaluation callback;
+        under ``stop`` a new alarm sets ``control`` to save and end training."""
+        new = self.monitor.observe(row)
+        if new and self.monitor.policy == "stop":
+            control.should_save = True
+            control.should_training_stop = True
+        return new
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Start over, replaying ``state.log_history`` (a resumed run's) so fired rules stay fired."""
+        main = state.is_world_process_zero
+        self.monitor.announce = main
+        self.monitor.path = (self.path or Path(args.output_dir) / "alarms.jsonl") if main else None
+        self.monitor.reset(state.log_history)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.observe({**(logs or {}), "step": state.global_step}, control)
+
+
+def monitor_callback(setting: Any = "warn") -> CollapseMonitorCallback | None:
+    """The callback a recipe's ``monitor:`` value asks for; None for "off".
+
+    ``setting`` is a policy ("off", "warn", "stop") or a mapping
+    ``{policy: stop, thresholds: {kl_max: 1.0, ...}}`` (policy default "warn").
+    """
+    if isinstance(setting, str):
+        setting = {"policy": setting}
+    if not isinstance(setting, Mapping):
+        raise ConfigError(f"monitor must be one of {POLICIES} or a mapping {{policy, thresholds}}, got {setting!r}")
+    unknown = sorted(set(setting) - {"policy", "thresholds"})
+    if unknown:
+        raise ConfigError(f"unknown monitor key(s) {unknown}; known: ['policy', 'thresholds']")
+    policy = setting.get("policy", "warn")
+    if policy not in POLICIES:
+        raise ConfigError(f"monitor policy must be one of {POLICIES}, got {policy!r}")
+    try:
+        thresholds = Thresholds.from_dict(setting.get("thresholds") or {})
+    except ConfigError as err:
+        raise ConfigError(f"monitor.thresholds: {err}") from err
+    return None if policy == "off" else CollapseMonitorCallback(thresholds, policy=policy)
