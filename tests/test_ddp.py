@@ -30,7 +30,7 @@ def test_two_process_resume_matches_uninterrupted(tmp_path):
 
     final = "checkpoints/step-00000004"
     assert sorted(p.name for p in (tmp_path / "whole" / final).iterdir()) == [
-        "custom_checkpoint_0.pkl", "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl"]
+        "custom_checkpoint_0.pkl", "manifest.json", "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl"]
     a = load_file(tmp_path / "whole" / final / "model.safetensors")
     b = load_file(tmp_path / "split" / final / "model.safetensors")
     base = load_file(tmp_path / "whole" / "checkpoints/step-00000002" / "model.safetensors")

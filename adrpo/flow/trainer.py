@@ -27,7 +27,6 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -38,10 +37,10 @@ from tqdm.auto import tqdm
 from adrpo.core.advantages import compute_advantages
 from adrpo.core.flow_losses import FlowLoss, preference_pairs, squared_error
 from adrpo.core.metrics import grouped_diversity
-from adrpo.core.monitor import CollapseMonitor, Thresholds
 from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.errors import ConfigError
-from adrpo.flow import checkpointing
+from adrpo.flow import checkpointing, resume
+from adrpo.flow.callbacks import FlowCallback, stop_agreed, with_default_monitor
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.engine import (
     check_trainable_precision,
@@ -58,14 +57,6 @@ from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
-
-
-class FlowCallback(Protocol):
-    """Sees every logged row (``{"step": s, ...}``, as written to ``metrics.jsonl``) on the main
-    process; may set ``trainer.should_stop = True``. An optional ``on_train_begin(trainer, rows)``
-    receives the rows already in ``metrics.jsonl`` when training starts (those a resumed run kept)."""
-
-    def on_log(self, trainer: FlowTrainer, row: dict[str, float]) -> None: ...
 
 
 class FlowTrainer:
@@ -143,10 +134,7 @@ class FlowTrainer:
         self.metrics_log = checkpointing.MetricsLog(self.output_dir / "metrics.jsonl")
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.accelerator.init_trackers("adrpo", config={k: str(v) if isinstance(v, (list, dict)) else v for k, v in config.to_dict().items()})
-        self.callbacks: list[FlowCallback] = list(callbacks)
-        if config.monitor != "off" and not any(isinstance(c, CollapseMonitor) for c in self.callbacks):
-            thresholds = Thresholds.from_dict(config.monitor_thresholds)
-            self.callbacks.append(CollapseMonitor(thresholds, policy=config.monitor, path=self.output_dir / "alarms.jsonl"))
+        self.callbacks = with_default_monitor(callbacks, config)
         self.should_stop = False
 
     # ----------------------------------------------------------------- sampling
@@ -405,35 +393,17 @@ class FlowTrainer:
 
     def _stop_requested(self) -> bool:
         """``should_stop`` as set on the main process (where callbacks run), agreed by every process."""
-        if self.accelerator.num_processes == 1 or not self.callbacks:
-            return self.should_stop
-        from accelerate.utils import broadcast_object_list
-
-        return bool(broadcast_object_list([self.should_stop], from_process=0)[0])
+        return stop_agreed(self.accelerator, self.should_stop) if self.callbacks else self.should_stop
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-NNNNNNNN`` atomically (every process takes part) and prune."""
         self.state.gathered = gather_object([self.state.local_state()])
-        root, step, accelerator = self.checkpoint_root, self.state.step, self.accelerator
-
-        def write(tmp: Path) -> None:
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-
-        if accelerator.is_main_process:
-            final = checkpointing.write_checkpoint_atomically(root, step, write)
-            checkpointing.prune_checkpoints(root, self.config.keep_checkpoints)
-        else:
-            final = checkpointing.checkpoint_dir(root, step)
-            write(checkpointing.temporary_dir(root, step))
-        accelerator.wait_for_everyone()
-        return final
+        return resume.save(self.accelerator, self.checkpoint_root, self.state.step, keep=self.config.keep_checkpoints)
 
     def _resume(self, resume_from_checkpoint: bool | str) -> None:
         if resume_from_checkpoint is True:
-            path = self._load_newest_intact()
+            path = resume.load_newest_intact(self.accelerator, self.checkpoint_root)
             if path is None:
                 if self.accelerator.is_main_process:
                     self.metrics_log.truncate_after(-1)
@@ -443,59 +413,8 @@ class FlowTrainer:
         if self.accelerator.is_main_process:
             self.metrics_log.truncate_after(self.state.step)
 
-    def _load_newest_intact(self) -> Path | None:
-        """Load the newest checkpoint that loads; None when there is none at all.
-
-        Newer ones that fail are moved aside with a warning (:func:`checkpointing.set_aside`),
-        so that pruning cannot delete the one resumed from; when every checkpoint fails, a
-        ConfigError lists them and nothing is moved: starting fresh would overwrite the run.
-        """
-        root, accelerator = self.checkpoint_root, self.accelerator
-        if accelerator.is_main_process:
-            checkpointing.recover_interrupted_writes(root)
-        accelerator.wait_for_everyone()
-        failed: list[tuple[Path, str]] = []
-        for path in reversed(checkpointing.list_checkpoints(root)):
-            problem = self._try_load(path)
-            if problem is None:
-                if accelerator.is_main_process:
-                    for broken, why in failed:
-                        checkpointing.set_aside(broken, why, resumed_from=path)
-                accelerator.wait_for_everyone()
-                return path
-            failed.append((path, problem))
-        if failed:
-            listed = "; ".join(f"{broken.name}: {why}" for broken, why in failed)
-            raise ConfigError(f"no checkpoint under {root} can be loaded, so the run cannot resume ({listed}). "
-                              f"Nothing was changed; to start fresh, move or delete {root} (or use another output_dir), "
-                              f"or repair one and pass its path as resume_from_checkpoint")
-        return None
-
-    def _try_load(self, path: Path) -> str | None:
-        """Load ``path`` on every process; None when all did, else what failed, naming the file
-        where it can. Every process gets the same answer, so they fall back together.
-
-        A load that fails part-way leaves some of its state behind; loading another checkpoint
-        overwrites all of it (model, optimizer, RNG and trainer state; a LoRA base is never loaded).
-        """
-        problem = checkpointing.manifest_problem(path) or checkpointing.random_states_problem(path, self.accelerator.process_index)
-        if problem is None:
-            try:
-                self.accelerator.load_state(str(path))
-            except Exception as error:  # any failure makes the checkpoint unusable; the caller reports it
-                problem = checkpointing.unreadable_file(path) or f"{type(error).__name__}: {error}"
-        problems = gather_object([problem])
-        return "; ".join(dict.fromkeys(p for p in problems if p is not None)) or None
-
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, RNG states and trainer state from a checkpoint
         directory (``metrics.jsonl`` is left alone). A checkpoint that fails to load raises a
         ConfigError naming it and the file; the trainer may then hold part of its state."""
-        if self.accelerator.is_main_process:
-            checkpointing.recover_overwrite(Path(path))
-        self.accelerator.wait_for_everyone()
-        if not Path(path).is_dir():
-            raise ConfigError(f"no checkpoint directory at {path}")
-        problem = self._try_load(Path(path))
-        if problem is not None:
-            raise ConfigError(f"checkpoint {path} cannot be loaded: {problem}")
+        resume.load(self.accelerator, Path(path))
