@@ -263,3 +263,14 @@ def test_config_converts_yaml_text_numbers_and_refuses_wrong_types_by_field(tmp_
                          ("method", 3), ("report_to", [1])]:
         with pytest.raises(ValueError, match=rf"^{field} must be "):
             FlowConfig(**{field: value})
+
+
+@pytest.mark.parametrize("task", ["digits", "text_to_image"])
+def test_one_eval_sample_is_refused_before_anything_loads(task, tmp_path):
+    from adrpo.tasks import build_task
+
+    args = {"eval_samples": 1, "cache": str(tmp_path / "nothing")} if task == "digits" else {
+        "pipeline": str(tmp_path / "no-pipeline"), "reward": {"type": "clip_score", "model": "x"}, "prompts": ["a"], "eval_samples": 1}
+    with pytest.raises(ConfigError, match=r"task_args.eval_samples must be an int >= 2.*got 1"):
+        build_task(task, args, seed=0)
+    assert not (tmp_path / "nothing").exists()  # refused before pretraining into the cache

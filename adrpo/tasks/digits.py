@@ -37,7 +37,7 @@ from adrpo.core.paths import StraightPath
 from adrpo.errors import ConfigError
 from adrpo.flow.models.mlp import MLPVelocityModel
 from adrpo.settings import cache_root, settings_key
-from adrpo.tasks.evaluation import evaluate_flow_policy
+from adrpo.tasks.evaluation import check_eval_samples, evaluate_flow_policy
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 STYLES = ("bold", "thin")
@@ -243,6 +243,7 @@ class DigitsTask:
 
     def __init__(self, settings: PretrainSettings | dict = PretrainSettings(), *, reward_temperature: float = 4.0,
                  eval_samples: int = 32, eval_sampling_steps: int = 20, eval_seed: int = 1234, cache: str | Path | None = None):
+        check_eval_samples(eval_samples)
         if isinstance(settings, dict):
             settings = PretrainSettings(**settings)
         models = load_or_pretrain(settings, cache=cache)

@@ -9,6 +9,14 @@ import torch
 from adrpo.core.flow_losses import squared_error
 from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath
+from adrpo.errors import ConfigError
+
+
+def check_eval_samples(eval_samples: int) -> None:
+    """Refuse fewer than 2 samples per eval prompt before a task loads anything: diversity is a
+    mean pairwise distance, which one sample does not have."""
+    if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 2:
+        raise ConfigError(f"task_args.eval_samples must be an int >= 2 (diversity is a pairwise distance), got {eval_samples!r}")
 
 
 @torch.no_grad()

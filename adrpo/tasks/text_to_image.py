@@ -34,7 +34,7 @@ import torch
 
 from adrpo.errors import ConfigError
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity, LatentDecoder
-from adrpo.tasks.evaluation import evaluate_flow_policy
+from adrpo.tasks.evaluation import check_eval_samples, evaluate_flow_policy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_SEQUENCE_LENGTH = {"StableDiffusion3Pipeline": 256, "FluxPipeline": 512}
@@ -174,6 +174,7 @@ class TextToImageTask:
 
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        check_eval_samples(eval_samples)
         entries = reward if isinstance(reward, list) else [reward]
         for index, entry in enumerate(entries):
             check_reward_entry(entry, index if isinstance(reward, list) else None)
