@@ -64,6 +64,7 @@ bench: install
 	$(PY) benchmarks/lora_memory.py --model flux
 
 test: install
+	$(VENV)/bin/ruff check adrpo tests benchmarks
 	$(PY) -m pytest
 
 clean:
