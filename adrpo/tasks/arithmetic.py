@@ -89,7 +89,12 @@ def base_model_path(settings: ArithmeticSettings, *, cache: str | Path | None = 
 
 @torch.no_grad()
 def evaluate_policy(model, reference, tokenizer, rows: list[dict], *, group: int, max_new_tokens: int, seed: int) -> dict[str, float]:
-    """Held-out accuracy, KL(π‖π_ref) and entropy per token, and diversity of G samples per prompt."""
+    """Held-out accuracy, KL(π‖π_ref) and entropy per token, and diversity of G samples per prompt.
+
+    The G samples of each of the ``rows`` are drawn with ``seed``: the metrics are a function of
+    (policy, rows, seed), and torch's global random state is the same after the call as before
+    (python's ``random`` and numpy are not used).
+    """
     from adrpo.rewards.text import math_answer_reward
 
     was_training = model.training
@@ -97,9 +102,14 @@ def evaluate_policy(model, reference, tokenizer, rows: list[dict], *, group: int
     prompts = [row["prompt"] for row in rows for _ in range(group)]
     answers = [row["answer"] for row in rows for _ in range(group)]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
-    torch.manual_seed(seed)
-    out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    # generate samples from torch's global generators, which the trainer's own sampling shares: seed
+    # them for this evaluation only and restore them after, so that evaluating does not move training.
+    # The CPU state is always forked; so is every device of the accelerator type (manual_seed seeds all).
+    accelerators = range(torch.accelerator.device_count()) if torch.accelerator.is_available() else []
+    with torch.random.fork_rng(devices=accelerators):
+        torch.manual_seed(seed)
+        out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     completion_ids = out[:, batch.input_ids.shape[1]:]  # (N, T)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     # tokens up to and including the first eos
