@@ -1,6 +1,6 @@
 """The ``adrpo`` command line.
 
-    adrpo fm compare --preset digits-quick           # methods × seeds, table + plot + JSON
+    adrpo fm compare --preset digits-quick           # methods × seeds, table + plot + JSON (finished runs are skipped)
     adrpo fm compare --config my.yaml --set trainer.num_steps=50 --seeds 0
     adrpo fm train --config adrpo/configs/digits-train.yaml [--resume]
     adrpo fm make-tiny-sd3 runs/tiny-sd3 && adrpo fm train --preset sd3-tiny   # SD3 path on a CPU
@@ -8,6 +8,7 @@
     adrpo fm export --preset flux-tiny --checkpoint runs/flux-tiny/checkpoints/step-00000002 --output lora-step2
     adrpo grpo train --config my-grpo.yaml [--resume]  # ADRPO-GRPO (or stock GRPO) on TRL
     adrpo grpo compare --preset arithmetic-quick       # GRPO β sweep vs ADRPO on the LLM miniature
+    adrpo sweep --preset digits-sweep                 # a grid per method family: fronts, verdicts, image grids
     adrpo presets                                     # list the bundled YAML presets
 
 ``--set a.b=value`` overrides any YAML key (values are parsed as YAML: 1e-3, true, [0, 1]).
@@ -77,19 +78,28 @@ def _relative_to_config(args: argparse.Namespace, path: str) -> str:
     return str(base / path)
 
 
-def cmd_fm_compare(args: argparse.Namespace) -> None:
-    from adrpo.experiments.compare import CompareSpec, run_compare
-    from adrpo.experiments.report import final_metrics, first_alarms, markdown_table, write_report
+def cmd_experiment(args: argparse.Namespace) -> None:
+    """`fm compare`, `grpo compare` and `sweep`: one engine, one report; the compare commands
+    check that the spec's task is of their kind."""
+    from adrpo.experiments.engine import run_experiment
+    from adrpo.experiments.report import write_report
+    from adrpo.experiments.spec import ExperimentSpec
 
     values = _config_values(args)
+    if args.kind == "llm":
+        values.setdefault("task", "arithmetic")
     for name in ("output_dir", "seeds", "workers"):
-        if getattr(args, name) is not None:
+        if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
-    spec = CompareSpec.from_dict(values)
-    results = run_compare(spec, resume=args.resume)
+    spec = ExperimentSpec.from_dict(values)
+    if args.kind is not None and spec.kind != args.kind:
+        command = "adrpo fm compare" if spec.kind == "flow" else "adrpo grpo compare"
+        raise ConfigError(f"task {spec.task!r} is a {spec.kind} task: run it with `{command}` or `adrpo sweep`")
+    results = run_experiment(spec, force=args.force)
     paths = write_report(results, Path(spec.output_dir))
-    print(markdown_table(final_metrics(results), alarms=first_alarms(results)))
-    print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}\nruns:  {Path(spec.output_dir) / 'runs'}")
+    print(paths.pop("table").read_text())
+    print("\n".join(f"{name + ':':<10} {path}" for name, path in paths.items()))
+    print(f"{'runs:':<10} {Path(spec.output_dir) / 'runs'}")
 
 
 def _flow_run(args: argparse.Namespace, *, trackers: bool = True):
@@ -172,32 +182,14 @@ def cmd_grpo_train(args: argparse.Namespace) -> None:
         print(f"model saved to {trainer.args.output_dir}")
 
 
-def cmd_grpo_compare(args: argparse.Namespace) -> None:
-    from adrpo.experiments.llm_compare import LLMCompareSpec, run_llm_compare
-    from adrpo.experiments.report import LLM_METRICS, final_metrics, first_alarms, markdown_table, write_report
-
-    values = _config_values(args)
-    for name in ("output_dir", "seeds"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    spec = LLMCompareSpec.from_dict(values)
-    results = run_llm_compare(spec)
-    paths = write_report(results, Path(spec.output_dir), llm=True)
-    print(markdown_table(final_metrics(results, LLM_METRICS), metrics=LLM_METRICS, alarms=first_alarms(results)))
-    print(f"\ntable: {paths['table']}\nplot:  {paths['plot']}\njson:  {paths['json']}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adrpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     top = parser.add_subparsers(dest="command", required=True)
     top.add_parser("presets", help="list the bundled YAML presets").set_defaults(func=lambda _: print("\n".join(list_presets())))
     fm = top.add_parser("fm", help="flow matching (ADRPO-FM and baselines)").add_subparsers(dest="fm_command", required=True)
 
-    compare = fm.add_parser("compare", help="run methods × seeds and write the table, plot and JSON")
-    compare.add_argument("--output-dir", dest="output_dir")
-    compare.add_argument("--seeds", type=int, nargs="+")
-    compare.add_argument("--workers", type=int, help="parallel runs (processes)")
-    compare.set_defaults(func=cmd_fm_compare)
+    compare = fm.add_parser("compare", help="run methods × seeds and write the table, plots and JSON")
+    compare.set_defaults(func=cmd_experiment, kind="flow")
 
     train = fm.add_parser("train", help="one fine-tuning run from a YAML file")
     train.set_defaults(func=cmd_fm_train)
@@ -215,14 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     grpo_train = grpo.add_parser("train", help="one ADRPO/GRPO run from a YAML file (TRL conventions)")
     grpo_train.set_defaults(func=cmd_grpo_train)
     grpo_compare = grpo.add_parser("compare", help="GRPO with fixed β vs ADRPO on the arithmetic miniature")
-    grpo_compare.add_argument("--output-dir", dest="output_dir")
-    grpo_compare.add_argument("--seeds", type=int, nargs="+")
-    grpo_compare.set_defaults(func=cmd_grpo_compare)
-    for sub in (compare, train, export, grpo_parser, grpo_train, grpo_compare):
+    grpo_compare.set_defaults(func=cmd_experiment, kind="llm")
+    sweep = top.add_parser("sweep", help="a grid of configurations × seeds on any task: table, Pareto fronts, verdicts, grids")
+    sweep.set_defaults(func=cmd_experiment, kind=None)
+    for sub in (compare, grpo_compare, sweep):
+        sub.add_argument("--output-dir", dest="output_dir")
+        sub.add_argument("--seeds", type=int, nargs="+")
+        sub.add_argument("--workers", type=int, help="parallel runs (processes, one thread each)")
+        sub.add_argument("--force", action="store_true", help="retrain runs that already have a complete result")
+    for sub in (compare, train, export, grpo_parser, grpo_train, grpo_compare, sweep):
         sub.add_argument("--preset", help=f"a bundled preset ({', '.join(list_presets())})")
         sub.add_argument("--config", help="a YAML file")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML key (dotted)")
-    for sub in (compare, train, grpo_parser, grpo_train):
+    for sub in (train, grpo_parser, grpo_train):
         sub.add_argument("--resume", action="store_true", help="continue from the newest checkpoint(s)")
     return parser
 

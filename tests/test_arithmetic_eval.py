@@ -1,5 +1,5 @@
 """The arithmetic miniature's held-out evaluation leaves training alone: GRPO runs built by
-``llm_compare.run_one`` log the same rewards and losses and end on the same weights whether the
+the experiment engine's LLM backend log the same rewards and losses and end on the same weights whether the
 policy is evaluated every step, every 2 steps or never; and the evaluation is a function of
 (policy, seed) only, with the global random state the same after it as before."""
 
@@ -11,7 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from adrpo.experiments import llm_compare
+from adrpo.experiments.backends import backend_for
+from adrpo.experiments.engine import plan
+from adrpo.experiments.spec import ExperimentSpec
+from adrpo.tasks import arithmetic
 from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, evaluate_policy, split_prompts
 
 # Pretrains in a fraction of a second to ~10% accuracy, so that some groups have a reward spread
@@ -24,7 +27,7 @@ TIMING = ("runtime", "per_second", "time")
 
 
 def run(tmp_path, monkeypatch, eval_steps: int | None) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """(TRL's log_history without timings, final weights) of one 4-step GRPO run through ``run_one``;
+    """(TRL's log_history without timings, final weights) of one 4-step GRPO run through the LLM backend;
     ``eval_steps=None`` swaps the held-out evaluation for a callback that does nothing."""
     import trl
 
@@ -38,17 +41,19 @@ def run(tmp_path, monkeypatch, eval_steps: int | None) -> tuple[list[dict], dict
     class NoEvaluation(TrainerCallback):
         trajectory: list[dict] = []
 
-    spec = llm_compare.LLMCompareSpec(
-        methods=[{"label": "GRPO", "trainer": "grpo", "beta": 0.0}], task_args=TASK, trainer=TRAINER,
+    spec = ExperimentSpec(
+        task="arithmetic", methods=[{"label": "GRPO", "trainer": "grpo", "beta": 0.0}], task_args=TASK, trainer=TRAINER,
         eval={"steps": eval_steps or 1, "group": 2, "prompts": 4}, seeds=[0], output_dir=str(tmp_path / f"runs-{eval_steps}"),
         monitor="off",
     )
     with monkeypatch.context() as patch:
         patch.setattr(trl, "GRPOTrainer", Recorded)
         if eval_steps is None:
-            patch.setattr(llm_compare, "make_evaluation_callback", lambda *args, **kwargs: NoEvaluation())
-        result = llm_compare.run_one(spec, spec.methods[0], seed=0)
-    assert len(result["trajectory"]) == {None: 0, 1: 5, 2: 3}[eval_steps]  # step 0, every eval_steps (the end included)
+            patch.setattr(arithmetic, "evaluation_callback", lambda *args, **kwargs: NoEvaluation())
+        (job,) = plan(spec)
+        job.directory.mkdir(parents=True)
+        result = backend_for(spec).run(spec, job, threads=None)
+    assert len(result.trajectory) == {None: 0, 1: 5, 2: 3}[eval_steps]  # step 0, every eval_steps (the end included)
     (trainer,) = trainers
     log = [{k: v for k, v in row.items() if not any(word in k for word in TIMING)} for row in trainer.state.log_history]
     weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}

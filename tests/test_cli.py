@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from adrpo import cli
-from adrpo.experiments.compare import CompareSpec
+from adrpo.experiments.backends import backend_for
+from adrpo.experiments.spec import ExperimentSpec
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.trainer import FlowTrainer
 from conftest import TINY_SETTINGS
@@ -43,7 +44,7 @@ def compare_yaml(tmp_path: Path, cache: Path, **changes) -> Path:
         "task": "digits",
         "task_args": task_args(cache),
         "trainer": dict(TRAINER),
-        "eval_steps": 2,
+        "eval": {"steps": 2},
         "seeds": [0],
         "workers": 1,
         "output_dir": str(tmp_path / "out"),
@@ -85,9 +86,11 @@ def test_compare_writes_table_plot_and_json(tmp_path, digits_cache, capsys):
     assert results["summary"]["Base"]["reward"]["mean"] == first[0]["reward"]
     assert results["summary"]["Base"]["w2"]["mean"] == 0.0
     assert results["runs"][1]["config"]["raft_fraction"] == 0.5
-    for label in ("ADRPO", "RAFT"):
-        run_dir = out / "runs" / label / "seed-0"
+    for run in results["runs"]:
+        run_dir = Path(run["directory"])
+        assert run_dir.parent.parent == out / "runs" and run_dir.parent.name == f"{run['label']}-{run['config_hash']}"
         assert (run_dir / "metrics.jsonl").exists() and (run_dir / "checkpoints" / "step-00000004").is_dir()
+        assert json.loads((run_dir / "result.json").read_text()) == run  # the file that marks the run complete
 
 
 def test_set_overrides_take_effect(tmp_path, digits_cache):
@@ -223,10 +226,10 @@ def test_bundled_presets_are_valid():
             assert ADRPOConfig(**args).beta == 0.04
             continue
         if name.startswith("arithmetic"):  # a `grpo compare` config: every method's TRL config builds
-            from adrpo.experiments.llm_compare import LLMCompareSpec
-
-            spec = LLMCompareSpec.from_dict(values)
-            assert {m["trainer"] for m in spec.methods} == {"grpo", "adrpo"}
+            spec = ExperimentSpec.from_dict(values)
+            assert spec.kind == "llm" and {m["trainer"] for m in spec.methods} == {"grpo", "adrpo"}
+            for configuration in spec.configurations():
+                backend_for(spec).resolve(spec, configuration, seed=0)
             continue
         if "methods" not in values:  # a single-run `fm train` config
             assert set(values) <= {"task", "task_args", "trainer", "eval_steps"}
@@ -240,7 +243,9 @@ def test_bundled_presets_are_valid():
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            spec = CompareSpec.from_dict(values)
+            spec = ExperimentSpec.from_dict(values)
+            for configuration in spec.configurations():
+                backend_for(spec).resolve(spec, configuration, seed=0)
         assert spec.methods and spec.seeds
         # Only the clip ablation's 2×β0 row is expected to warn.
         assert [str(w.message).split(")")[0] for w in caught] == (["adv_clip_max (2.0"] if name == "digits-clip-ablation" else [])

@@ -22,8 +22,9 @@ from transformers import TrainerControl, TrainerState
 
 from adrpo.core.monitor import CollapseMonitor, Thresholds, read_alarms
 from adrpo.errors import ConfigError
-from adrpo.experiments.compare import CompareSpec, run_compare
+from adrpo.experiments.engine import run_experiment
 from adrpo.experiments.report import first_alarms, markdown_table, write_report
+from adrpo.experiments.spec import ExperimentSpec
 from adrpo.flow.checkpointing import list_checkpoints
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.trainer import FlowTrainer
@@ -161,13 +162,13 @@ def test_flow_config_validates_the_monitor_fields(tmp_path):
 def test_compare_records_alarms_and_the_table_shows_the_first(tmp_path, digits_cache):
     trainer = {"num_steps": 4, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 4, "learning_rate": 1e-3,
                "checkpoint_steps": 0, "report_to": ["none"], "progress_bar": False}
-    spec = CompareSpec.from_dict({
+    spec = ExperimentSpec.from_dict({
         "task": "digits", "task_args": {"settings": dict(TINY_SETTINGS), "cache": str(digits_cache), "eval_samples": 2, "eval_sampling_steps": 2},
-        "trainer": trainer, "eval_steps": 2, "seeds": [0], "output_dir": str(tmp_path / "out"),
+        "trainer": trainer, "eval": {"steps": 2}, "seeds": [0], "output_dir": str(tmp_path / "out"),
         "methods": [{"label": "ADRPO", "method": "adrpo"},
                     {"label": "RAFT tight", "method": "raft", "monitor": "stop", "monitor_thresholds": {"w2_max": 1e-6}}],
     })
-    results = run_compare(spec)
+    results = run_experiment(spec)
     adrpo, raft = results["runs"]
     assert adrpo["alarms"] == []
     assert [(a["rule"], a["step"]) for a in raft["alarms"]] == [("w2_bound", 2)]

@@ -157,12 +157,10 @@ def fm_compare_on_tiny_digits(name: str, request) -> None:
               *digits_task_args(request)])
     results = json.loads((out / "results.json").read_text())
     assert [run["label"] for run in results["runs"]] == [m["label"] for m in methods]
-    from adrpo.experiments.compare import run_dir
-
     for run in results["runs"]:
         assert [point["step"] for point in run["trajectory"]] == [0, 1]
         assert math.isfinite(run["trajectory"][1]["reward"]) and run["trajectory"][1]["w2"] > 0.0  # moved off the base
-        assert_flow_step_one(run_dir(str(out), run["label"], 0))
+        assert_flow_step_one(Path(run["directory"]))
     if name in SHIPPED_WORKERS:
         assert not flow_trainers  # every method ran in a worker process
     else:

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adrpo.experiments.compare import BASE_LABEL
+from adrpo.experiments.spec import TASK_KINDS
+
+BASE_LABEL = "Base"
 
 # (key, column title, higher is better; None: no better direction, not ranked)
 Metric = tuple[str, str, "bool | None"]
@@ -180,13 +182,15 @@ def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str
     return path
 
 
-def write_report(results: dict[str, Any], output_dir: Path, *, llm: bool = False) -> dict[str, Path]:
-    """Write results.json, table.md and the plot (tradeoff.png, or trajectories.png for ``llm``)."""
+def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+    """Write results.json, table.md and the plot (tradeoff.png for flow tasks, trajectories.png
+    for LLM tasks); returns their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    llm = TASK_KINDS[results["spec"]["task"]] == "llm"
     metrics = LLM_METRICS if llm else METRICS
     table = final_metrics(results, metrics)
-    paths = {"json": output_dir / "results.json", "table": output_dir / "table.md",
-             "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png")}
+    paths = {"table": output_dir / "table.md", "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png"),
+             "json": output_dir / "results.json"}
     summary = {label: {key: dict(zip(("mean", "std"), mean_std(values))) for key, values in row.items()} for label, row in table.items()}
     paths["json"].write_text(json.dumps({**results, "summary": summary}, indent=1))
     paths["table"].write_text(markdown_table(table, metrics=metrics, alarms=first_alarms(results)) + "\n")

@@ -132,3 +132,32 @@ def evaluate_policy(model, reference, tokenizer, rows: list[dict], *, group: int
         "entropy": ((entropy * mask).sum() / tokens).item(),
         "diversity": sum(distinct) / len(distinct),
     }
+
+
+def evaluation_callback(reference_path: Path, rows: list[dict], *, steps: int, group: int, max_new_tokens: int, seed: int,
+                        monitor=None):
+    """A TrainerCallback that evaluates the policy at step 0, every ``steps`` and at the end;
+    each evaluation is also fed to ``monitor`` (a CollapseMonitorCallback) with ``eval/`` keys."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reference_path)
+
+    class HeldOutEvaluation(TrainerCallback):
+        def __init__(self):
+            self.trajectory: list[dict[str, float]] = []
+
+        def _evaluate(self, state, control, model):
+            metrics = evaluate_policy(model, reference.to(model.device), tokenizer, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
+            self.trajectory.append({"step": state.global_step, **metrics})
+            if monitor is not None:
+                monitor.observe({"step": state.global_step, **{f"eval/{k}": v for k, v in metrics.items()}}, control)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._evaluate(state, control, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % steps == 0 or state.global_step == state.max_steps:
+                self._evaluate(state, control, model)
+
+    return HeldOutEvaluation()

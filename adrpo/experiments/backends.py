@@ -1,0 +1,169 @@
+"""The task-specific halves of the experiment engine: how a configuration is resolved into a
+trainer config, trained, evaluated on held-out prompts and turned into a
+:class:`adrpo.experiments.engine.RunResult`. One backend per kind of task, both through the
+trainers' public API.
+
+- flow (digits, text_to_image): :class:`adrpo.flow.trainer.FlowTrainer` with the task's
+  evaluator every ``eval.steps`` (default 50) steps; the collapse monitor is the trainer's
+  (``trainer.monitor``); a run resumes from its newest checkpoint.
+- llm (arithmetic): TRL's ``GRPOTrainer`` (``trainer: grpo``) or
+  :class:`adrpo.llm.trainer.ADRPOTrainer` (``trainer: adrpo``) with a held-out evaluation
+  callback (``eval: {steps, group, prompts}``) and the collapse monitor of ``spec.monitor``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING, Any, Protocol
+
+from adrpo.errors import ConfigError
+from adrpo.experiments.spec import Configuration, ExperimentSpec
+
+if TYPE_CHECKING:
+    from adrpo.experiments.engine import Job, RunResult
+
+CPU_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "use_cpu": True}
+PLACEHOLDER_DIR = "<run directory>"
+
+
+class Backend(Protocol):
+    def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
+        """The configuration's trainer config as a plain mapping, validated (errors name the label)."""
+        ...
+
+    def prepare(self, spec: ExperimentSpec) -> None:
+        """Build and cache what every run of ``spec`` shares (pretrained models) in this process."""
+        ...
+
+    def run(self, spec: ExperimentSpec, job: Job, *, threads: int | None) -> RunResult:
+        """Train and evaluate one job in ``job.directory``."""
+        ...
+
+
+def backend_for(spec: ExperimentSpec) -> Backend:
+    return FlowBackend() if spec.kind == "flow" else LLMBackend()
+
+
+def _named(configuration: Configuration, build):
+    try:
+        return build()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method {configuration.label!r}: {err}") from err
+
+
+class FlowBackend:
+    """Flow tasks on :class:`FlowTrainer`."""
+
+    def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
+        return self.config(spec, configuration, seed, PLACEHOLDER_DIR).to_dict()
+
+    @staticmethod
+    def config(spec: ExperimentSpec, configuration: Configuration, seed: int, output_dir: str):
+        from adrpo.flow.config import FlowConfig
+
+        values = {**spec.trainer, **configuration.overrides, "seed": seed, "output_dir": output_dir}
+        return _named(configuration, lambda: FlowConfig.from_dict(values))
+
+    def prepare(self, spec: ExperimentSpec) -> None:
+        from adrpo.tasks import build_task
+
+        build_task(spec.task, spec.task_args, seed=spec.seeds[0])
+
+    def run(self, spec: ExperimentSpec, job: Job, *, threads: int | None) -> RunResult:
+        import torch
+
+        from adrpo.core.monitor import read_alarms
+        from adrpo.experiments.engine import RunResult
+        from adrpo.flow.trainer import FlowTrainer
+        from adrpo.tasks import build_task
+
+        config = self.config(spec, job.configuration, job.seed, str(job.directory))
+        if threads:  # a worker process: one thread each, and no per-run bars interleaving
+            torch.set_num_threads(threads)
+            config = dataclasses.replace(config, progress_bar=False)
+        task = build_task(spec.task, spec.task_args, seed=job.seed)
+        trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
+        rows = trainer.train(resume_from_checkpoint=True, evaluator=task.evaluate, eval_steps=spec.eval.get("steps", 50))
+        trajectory = [
+            {"step": row["step"], **{k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}}
+            for row in rows
+            if any(k.startswith("eval/") for k in row)
+        ]
+        # the collapse monitor's alarms (None: monitor off); the file survives a resume, the trainer object does not
+        alarms = None if config.monitor == "off" else [a.to_dict() for a in read_alarms(job.directory / "alarms.jsonl")]
+        c = job.configuration
+        return RunResult(c.label, c.family, c.role, job.seed, job.digest, str(job.directory), config.to_dict(), trajectory, alarms)
+
+
+class LLMBackend:
+    """The arithmetic miniature on TRL's GRPOTrainer (fixed β) or ADRPOTrainer."""
+
+    def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
+        return self.args(spec, configuration, seed, PLACEHOLDER_DIR).to_dict()
+
+    @staticmethod
+    def args(spec: ExperimentSpec, configuration: Configuration, seed: int, output_dir: str):
+        from trl import GRPOConfig
+
+        from adrpo.llm.config import ADRPOConfig
+
+        kind = configuration.overrides.get("trainer")
+        if kind not in ("grpo", "adrpo"):
+            raise ConfigError(f"method {configuration.label!r}: trainer must be 'grpo' or 'adrpo', got {kind!r}")
+        overrides = {k: v for k, v in configuration.overrides.items() if k != "trainer"}
+        values = {**CPU_DEFAULTS, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
+                  **spec.trainer, **overrides, "seed": seed, "output_dir": output_dir}
+
+        def build():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return (ADRPOConfig if kind == "adrpo" else GRPOConfig)(**values)
+
+        return _named(configuration, build)
+
+    def prepare(self, spec: ExperimentSpec) -> None:
+        from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path
+
+        base_model_path(ArithmeticSettings(**spec.task_args))
+
+    def run(self, spec: ExperimentSpec, job: Job, *, threads: int | None) -> RunResult:
+        import torch
+        from datasets import Dataset
+        from transformers import PrinterCallback
+        from trl import GRPOTrainer
+
+        from adrpo.experiments.engine import RunResult
+        from adrpo.llm.callbacks import monitor_callback
+        from adrpo.llm.trainer import ADRPOTrainer
+        from adrpo.rewards.text import checked, math_answer_reward
+        from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, evaluation_callback, split_prompts
+
+        if threads:
+            torch.set_num_threads(threads)
+        settings = ArithmeticSettings(**spec.task_args)
+        path = base_model_path(settings)
+        train_rows, held_out = split_prompts(settings)
+        args = self.args(spec, job.configuration, job.seed, str(job.directory))
+        trainer_cls = ADRPOTrainer if job.configuration.overrides["trainer"] == "adrpo" else GRPOTrainer
+        monitor = monitor_callback(spec.monitor)
+        evaluation = evaluation_callback(
+            path, held_out[: spec.eval.get("prompts", 50)], steps=spec.eval.get("steps", 10), group=spec.eval.get("group", 8),
+            max_new_tokens=args.max_completion_length, seed=1000 + job.seed, monitor=monitor,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            trainer = trainer_cls(model=str(path), reward_funcs=checked(math_answer_reward), args=args,
+                                  train_dataset=Dataset.from_list(train_rows),
+                                  callbacks=[monitor, evaluation] if monitor else [evaluation])  # the monitor resets first
+            trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; TRL's logs stay in log_history
+            trainer.train()
+        logged = [row for row in trainer.state.log_history if "reward" in row]
+        keys = ("step", "reward", "kl", "entropy", "adrpo/coef_mean", "adrpo/frac_clipped")
+        c = job.configuration
+        return RunResult(
+            c.label, c.family, c.role, job.seed, job.digest, str(job.directory), args.to_dict(), evaluation.trajectory,
+            alarms=None if monitor is None else [alarm.to_dict() for alarm in monitor.alarms],
+            train_log=[{k: row.get(k) for k in keys} for row in logged],
+        )
+

@@ -1,0 +1,144 @@
+"""The experiment engine: one spec for flow and LLM tasks, grids expanded into labelled
+configurations of a family, run directories named by slug and configuration hash, finished
+runs never trained again (``force`` retrains), and bad specs refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adrpo.errors import ConfigError
+from adrpo.experiments import engine
+from adrpo.experiments.engine import plan, run_experiment, slug
+from adrpo.experiments.spec import ExperimentSpec
+from adrpo.flow.trainer import FlowTrainer
+from conftest import TINY_SETTINGS
+
+TRAINER = {"num_steps": 2, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 2, "learning_rate": 1e-3,
+           "checkpoint_steps": 0, "report_to": ["none"], "progress_bar": False}
+
+
+def digits_spec(tmp_path: Path, cache: Path, **changes) -> ExperimentSpec:
+    values = {
+        "task": "digits",
+        "task_args": {"settings": dict(TINY_SETTINGS), "cache": str(cache), "eval_samples": 2, "eval_sampling_steps": 2},
+        "trainer": dict(TRAINER), "eval": {"steps": 2}, "seeds": [0], "output_dir": str(tmp_path / "out"),
+        "methods": [{"label": "ADRPO", "method": "adrpo"}, {"label": "ORW", "method": "orw_cfm_w2", "grid": {"orw_alpha": [0.1, 1.0]}}],
+        **changes,
+    }
+    return ExperimentSpec.from_dict(values)
+
+
+@pytest.fixture
+def count_trainings(monkeypatch):
+    """The output directories FlowTrainer.train was called for, in order."""
+    trained: list[str] = []
+    original = FlowTrainer.train
+
+    def counting(self, **kwargs):
+        trained.append(self.config.output_dir)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(FlowTrainer, "train", counting)
+    return trained
+
+
+def test_grid_and_points_expand_into_labelled_configurations_of_one_family(tmp_path):
+    spec = ExperimentSpec.from_dict({
+        "task": "digits", "output_dir": str(tmp_path),
+        "methods": [
+            {"label": "ADRPO", "method": "adrpo", "grid": {"beta0": [0.3, 1.0], "advantage_scale": ["std", "none"]}},
+            {"label": "ORW-CFM-W2", "method": "orw_cfm_w2", "points": [{"orw_alpha": 0.1}, {"orw_alpha": 1.0, "orw_tau": 5.0}]},
+            {"label": "RAFT", "method": "raft"},
+            {"label": "tuned RAFT", "method": "raft", "family": "RAFT", "role": "baseline", "raft_fraction": 0.5},
+        ],
+    })
+    configurations = spec.configurations()
+    assert [c.label for c in configurations] == [
+        "ADRPO (beta0=0.3, advantage_scale=std)", "ADRPO (beta0=0.3, advantage_scale=none)",
+        "ADRPO (beta0=1, advantage_scale=std)", "ADRPO (beta0=1, advantage_scale=none)",
+        "ORW-CFM-W2 (orw_alpha=0.1)", "ORW-CFM-W2 (orw_alpha=1, orw_tau=5)", "RAFT", "tuned RAFT",
+    ]
+    assert [c.family for c in configurations] == ["ADRPO"] * 4 + ["ORW-CFM-W2"] * 2 + ["RAFT"] * 2
+    assert [c.role for c in configurations] == ["adaptive"] * 4 + ["baseline"] * 2 + ["other", "baseline"]
+    assert configurations[5].overrides == {"method": "orw_cfm_w2", "orw_alpha": 1.0, "orw_tau": 5.0}
+    assert spec.kind == "flow"
+    assert ExperimentSpec.from_dict({"task": "arithmetic", "methods": [{"label": "G", "trainer": "grpo"}]}).configurations()[0].role == "baseline"
+
+
+@pytest.mark.parametrize("changes, piece", [
+    ({"task": "chess"}, "task must be one of"),
+    ({"methods": []}, "methods is empty"),
+    ({"methods": [{"method": "adrpo"}]}, "non-empty 'label'"),
+    ({"methods": [{"label": "A", "grid": {"beta0": []}}]}, "grid must map keys to non-empty lists"),
+    ({"methods": [{"label": "A", "grid": {"beta0": [1]}, "points": [{"beta0": 2}]}]}, "'grid' or 'points', not both"),
+    ({"methods": [{"label": "A", "role": "hero"}]}, "role must be one of"),
+    ({"methods": [{"label": "A"}, {"label": "A"}]}, "duplicate labels ['A']"),
+    ({"seeds": [0, 0]}, "seeds repeat"),
+    ({"workers": 0}, "workers must be an int >= 1"),
+    ({"sedes": [1]}, "['sedes']"),
+])
+def test_bad_specs_are_refused_by_name(tmp_path, changes, piece):
+    values = {"task": "digits", "output_dir": str(tmp_path), "methods": [{"label": "A", "method": "adrpo"}], **changes}
+    with pytest.raises(ConfigError) as info:
+        ExperimentSpec.from_dict(values)
+    assert piece in str(info.value)
+
+
+def test_plan_names_run_directories_by_slug_and_configuration_hash(tmp_path, digits_cache):
+    # Two labels that read alike as file names must not share a directory.
+    spec = digits_spec(tmp_path, digits_cache, methods=[{"label": "ORW-CFM-W2 (α=1)", "method": "orw_cfm_w2", "orw_alpha": 1.0},
+                                                        {"label": "ORW-CFM-W2 (β=1)", "method": "orw_cfm_w2", "orw_alpha": 2.0}])
+    first, second = plan(spec)
+    assert first.directory != second.directory and first.digest != second.digest
+    assert first.directory.parent.name == f"{slug('ORW-CFM-W2 (α=1)')}-{first.digest}" == f"ORW-CFM-W2_α=1-{first.digest}"
+    assert first.directory.name == "seed-0"
+    # The hash is of the resolved configuration: a default written out changes nothing; a real change does.
+    explicit = digits_spec(tmp_path, digits_cache, methods=[{"label": "ORW-CFM-W2 (α=1)", "method": "orw_cfm_w2", "orw_alpha": 1.0,
+                                                             "orw_tau": 0.5}])
+    assert plan(explicit)[0].digest == first.digest
+    other_eval = digits_spec(tmp_path, digits_cache, eval={"steps": 1}, methods=spec.methods[:1])
+    assert plan(other_eval)[0].digest != first.digest
+    with pytest.raises(ConfigError, match="resolve to the same configuration"):
+        plan(digits_spec(tmp_path, digits_cache, methods=[{"label": "A", "method": "adrpo"}, {"label": "B", "method": "adrpo", "beta0": 1.0}]))
+    with pytest.raises(ConfigError, match=r"method 'ORW \(orw_alpha=-1\)': orw_alpha must be >= 0"):
+        plan(digits_spec(tmp_path, digits_cache, methods=[{"label": "ORW", "method": "orw_cfm_w2", "grid": {"orw_alpha": [-1]}}]))
+
+
+def test_finished_runs_are_never_trained_again_and_force_retrains(tmp_path, digits_cache, count_trainings):
+    spec = digits_spec(tmp_path, digits_cache)
+    first = run_experiment(spec)
+    assert len(count_trainings) == 3 and [run["label"] for run in first["runs"]] == [
+        "ADRPO", "ORW (orw_alpha=0.1)", "ORW (orw_alpha=1)"]
+    again = run_experiment(spec)
+    assert len(count_trainings) == 3  # nothing trained
+    assert again["runs"] == first["runs"]
+    # Extending the sweep trains only the new points (here a new seed and a new grid value).
+    extended = digits_spec(tmp_path, digits_cache, seeds=[0, 1], methods=[
+        {"label": "ADRPO", "method": "adrpo"}, {"label": "ORW", "method": "orw_cfm_w2", "grid": {"orw_alpha": [0.1, 1.0, 10.0]}}])
+    results = run_experiment(extended)
+    assert len(count_trainings) == 3 + 5  # seed 0: the α = 10 point; seed 1: all four
+    assert results["runs"][:3] == first["runs"]
+    assert {Path(d).parent.name.split("-")[0] for d in count_trainings[3:]} >= {"ORW_orw_alpha=10"}
+    run_experiment(spec, force=True)
+    assert len(count_trainings) == 8 + 3
+
+
+def test_an_incomplete_run_is_resumed_not_restarted(tmp_path, digits_cache, monkeypatch, count_trainings):
+    spec = digits_spec(tmp_path, digits_cache, trainer={**TRAINER, "checkpoint_steps": 1}, methods=[{"label": "ADRPO", "method": "adrpo"}])
+    (job,) = plan(spec)
+    saved = engine.save_result
+    monkeypatch.setattr(engine, "save_result", lambda job, result: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed after training, before the result was written
+        run_experiment(spec)
+    assert not (job.directory / "result.json").exists() and (job.directory / "checkpoints" / "step-00000002").is_dir()
+    monkeypatch.setattr(engine, "save_result", saved)
+    steps: list[int] = []
+    original_step = FlowTrainer.step
+    monkeypatch.setattr(FlowTrainer, "step", lambda self: steps.append(self.state.step) or original_step(self))
+    (run,) = run_experiment(spec)["runs"]
+    assert steps == []  # resumed at its final checkpoint: no step trained again
+    assert [point["step"] for point in run["trajectory"]] == [0, 2]
+    assert json.loads((job.directory / "result.json").read_text()) == run
