@@ -75,6 +75,7 @@ class FlowBackend:
 
         from adrpo.core.monitor import read_alarms
         from adrpo.experiments.engine import RunResult
+        from adrpo.experiments.grids import save_samples
         from adrpo.flow.trainer import FlowTrainer
         from adrpo.tasks import build_task
 
@@ -92,8 +93,11 @@ class FlowBackend:
         ]
         # the collapse monitor's alarms (None: monitor off); the file survives a resume, the trainer object does not
         alarms = None if config.monitor == "off" else [a.to_dict() for a in read_alarms(job.directory / "alarms.jsonl")]
+        # the final and base policies' held-out samples from the evaluation noise, for the report's image grid
+        samples = save_samples(trainer, task, job.directory)
         c = job.configuration
-        return RunResult(c.label, c.family, c.role, job.seed, job.digest, str(job.directory), config.to_dict(), trajectory, alarms)
+        return RunResult(c.label, c.family, c.role, job.seed, job.digest, str(job.directory), config.to_dict(), trajectory, alarms,
+                         samples=samples)
 
 
 class LLMBackend:

@@ -1,4 +1,6 @@
-"""Tables, JSON and plots of a comparison: the paper's Table 1 layout, Figure 3 and Figure 4 analogs."""
+"""Tables, JSON and plots of a comparison: the paper's Table 1 layout, Figure 3 and Figure 4 analogs,
+and, through :mod:`adrpo.experiments.fronts` and :mod:`adrpo.experiments.grids`, the Pareto
+fronts and verdicts and the Figure 2 analog (image grid) of a sweep."""
 
 from __future__ import annotations
 
@@ -9,9 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adrpo.experiments.fronts import (
+    BASE_LABEL,
+    has_both_roles,
+    pareto_analysis,
+    pareto_json,
+    plot_fronts,
+    plot_styles,
+    verdict_markdown,
+)
+from adrpo.experiments.grids import write_grid
 from adrpo.experiments.spec import TASK_KINDS
-
-BASE_LABEL = "Base"
 
 # (key, column title, higher is better; None: no better direction, not ranked)
 Metric = tuple[str, str, "bool | None"]
@@ -114,23 +124,24 @@ def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = Non
     seed = runs[0]["seed"] if seed is None else seed
     table = final_metrics(results)
     labels = list(table)
-    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    styles = plot_styles([label for label in labels if label != BASE_LABEL])
+    colors = {label: color for label, (color, _) in styles.items()} | {BASE_LABEL: (0.0, 0.0, 0.0, 1.0)}
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
     ax = axes[0]
     for run in (r for r in runs if r["seed"] == seed):
         xs = [point["diversity"] for point in run["trajectory"]]
         ys = [point["reward"] for point in run["trajectory"]]
-        color = colors[run["label"]]
+        color, marker = styles[run["label"]]
         n = len(xs)
         ax.plot(xs, ys, color=color, alpha=0.35, linewidth=1)
         for i, (x, y) in enumerate(zip(xs, ys)):
-            ax.scatter(x, y, color=color, alpha=0.15 + 0.85 * (i + 1) / n, s=18, linewidths=0)
-        ax.scatter(xs[-1], ys[-1], color=color, marker="*", s=220, edgecolors="black", linewidths=0.6, label=run["label"])
+            ax.scatter(x, y, color=color, marker=marker, alpha=0.15 + 0.85 * (i + 1) / n, s=18, linewidths=0)
+        ax.scatter(xs[-1], ys[-1], color=color, marker=marker, s=160, edgecolors="black", linewidths=0.8, label=run["label"])
     base = table[BASE_LABEL]
     ax.scatter(base["diversity"][0], base["reward"][0], color="black", marker="o", s=60, label=BASE_LABEL)
     ax.set_xlabel("diversity (mean pairwise embedding distance) →")
     ax.set_ylabel("reward (held-out prompts) →")
-    ax.set_title(f"Trajectories through training (seed {seed}); star = final")
+    ax.set_title(f"Trajectories through training (seed {seed}); large outlined = final")
     ax.legend(fontsize=8, loc="best")
     for ax, (key, title, _) in zip(axes[1:], METRICS):
         means = [mean_std(table[label][key])[0] for label in labels]
@@ -160,16 +171,17 @@ def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(run["label"] for run in results["runs"]))
+    styles = plot_styles(labels)
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.5))
     for ax, key in zip(axes, keys):
-        for i, label in enumerate(labels):
+        for label in labels:
             runs = [run["trajectory"] for run in results["runs"] if run["label"] == label]
             steps = [point["step"] for point in runs[0]]
             series = [[run[j][key] for run in runs] for j in range(len(steps))]
             means = [statistics.fmean(values) for values in series]
             stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in series]
-            color = plt.get_cmap("tab10")(i % 10)
-            ax.plot(steps, means, color=color, label=label, marker="o", markersize=3)
+            color, marker = styles[label]
+            ax.plot(steps, means, color=color, label=label, marker=marker, markersize=4)
             ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=color, alpha=0.15)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{key} (held-out prompts)")
@@ -183,19 +195,48 @@ def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str
 
 
 def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
-    """Write results.json, table.md and the plot (tradeoff.png for flow tasks, trajectories.png
-    for LLM tasks); returns their paths."""
+    """Write a comparison's report into ``output_dir``; returns the paths written, by name.
+
+    - ``table``: table.md, the Table 1 layout (with a First alarm column); with an adaptive and
+      a baseline configuration it ends with the Pareto verdict and hypervolume tables;
+    - ``json``: results.json, the results plus "summary" (mean and std per method and metric),
+      "pareto" (:func:`adrpo.experiments.fronts.pareto_json`, or the reason it was skipped)
+      and, for flow tasks with samples, "grid" (its seed, rows, prompts and notes);
+    - ``plot``: tradeoff.png (flow tasks) or trajectories.png (LLM tasks);
+    - ``fronts`` and ``verdicts``: fronts.png and verdicts.md, with an adaptive and a baseline
+      configuration;
+    - ``grid``: grid.png, the first seed's samples (flow tasks whose runs saved samples).
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
-    llm = TASK_KINDS[results["spec"]["task"]] == "llm"
+    kind = TASK_KINDS[results["spec"]["task"]]
+    llm = kind == "llm"
     metrics = LLM_METRICS if llm else METRICS
     table = final_metrics(results, metrics)
-    paths = {"table": output_dir / "table.md", "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png"),
-             "json": output_dir / "results.json"}
+    paths = {"table": output_dir / "table.md", "json": output_dir / "results.json",
+             "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png")}
     summary = {label: {key: dict(zip(("mean", "std"), mean_std(values))) for key, values in row.items()} for label, row in table.items()}
-    paths["json"].write_text(json.dumps({**results, "summary": summary}, indent=1))
-    paths["table"].write_text(markdown_table(table, metrics=metrics, alarms=first_alarms(results)) + "\n")
+    extra: dict[str, Any] = {"summary": summary}
+    text = markdown_table(table, metrics=metrics, alarms=first_alarms(results)) + "\n"
     if llm:
         plot_trajectories(results, paths["plot"])
     else:
         plot_tradeoff(results, paths["plot"])
+    if has_both_roles(results):
+        points, analyses = pareto_analysis(results, kind)
+        verdicts = verdict_markdown(points, analyses)
+        paths["verdicts"] = output_dir / "verdicts.md"
+        paths["verdicts"].write_text(verdicts)
+        text += "\n" + verdicts
+        extra["pareto"] = pareto_json(points, analyses)
+        if any(analysis.labels for analysis in analyses):
+            paths["fronts"] = plot_fronts(points, analyses, output_dir / "fronts.png")
+    else:
+        extra["pareto"] = {"skipped": "needs at least one adaptive and one baseline configuration"}
+    if not llm:
+        grid = write_grid(results, output_dir / "grid.png")
+        if grid is not None:
+            paths["grid"] = output_dir / "grid.png"
+            extra["grid"] = grid
+    paths["table"].write_text(text)
+    paths["json"].write_text(json.dumps({**results, **extra}, indent=1))
     return paths

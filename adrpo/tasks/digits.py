@@ -272,6 +272,13 @@ class DigitsTask:
         """Diversity embedding: (N, 64) -> (N, 16) autoencoder codes of the clamped samples."""
         return self.autoencoder.encoder(samples.clamp(-1, 1).to(next(self.autoencoder.parameters()).device))
 
+    @staticmethod
+    def images(samples: torch.Tensor) -> torch.Tensor:
+        """Samples as images: (N, 64) in [−1, 1] -> (N, 3, 8, 8) grey in [0, 1], bright ink on a
+        dark ground as scikit-learn stores its digits (clamped as the reward reads them)."""
+        grey = (samples.detach().float().clamp(-1, 1) + 1) / 2  # (N, 64)
+        return grey.view(-1, 1, 8, 8).expand(-1, 3, -1, -1)  # (N, 3, H, W)
+
     def evaluate(self, trainer) -> dict[str, float]:
         """Held-out reward, diversity and W2 proxy of a trainer's current policy.
 

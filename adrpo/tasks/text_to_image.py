@@ -255,6 +255,12 @@ class TextToImageTask:
         """ClipDiversity embedding: (N, C, h, w) latents -> (N, E) unit-norm CLIP image embeddings."""
         return self.clip.image_embeddings(samples)
 
+    @torch.no_grad()
+    def images(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples as images: (N, C, h, w) latents -> (N, 3, H, W) in [0, 1], the VAE decode
+        the evaluation's rewards and grids use."""
+        return self.decoder(samples).float().clamp(0, 1)
+
     def evaluate(self, trainer) -> dict[str, float]:
         metrics, samples = evaluate_flow_policy(
             trainer, self.eval_prompts, x0=self.eval_x0, noise=self.eval_noise, t=self.eval_t,
