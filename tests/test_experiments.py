@@ -142,3 +142,40 @@ def test_an_incomplete_run_is_resumed_not_restarted(tmp_path, digits_cache, monk
     assert steps == []  # resumed at its final checkpoint: no step trained again
     assert [point["step"] for point in run["trajectory"]] == [0, 2]
     assert json.loads((job.directory / "result.json").read_text()) == run
+
+
+def test_sweep_quick_presets_run_end_to_end_on_a_two_point_grid(tmp_path, digits_cache, monkeypatch, capsys):
+    """`adrpo sweep` on the quick presets, reduced to two points per family and two seeds on the tiny
+    stand-ins: the table, the fronts, the verdicts (one row per ADRPO point and objective pair) and,
+    for the flow task, the image grid."""
+    from adrpo import cli
+
+    flow = ["sweep", "--preset", "digits-sweep-quick", "--output-dir", str(tmp_path / "flow"), "--workers", "1",
+            "--set", f"task_args={json.dumps({'settings': TINY_SETTINGS, 'cache': str(digits_cache), 'eval_samples': 2, 'eval_sampling_steps': 2})}",
+            "--set", "trainer.num_steps=2", "--set", "eval.steps=1",
+            "--set", "methods=[{label: ADRPO-FM, method: adrpo, points: [{beta0: 1.0}, {beta0: 0.03, advantage_scale: none}]},"
+                     " {label: ORW-CFM-W2, method: orw_cfm_w2, grid: {orw_alpha: [0.1, 10.0]}}]"]
+    cli.main(flow)
+    printed = capsys.readouterr().out
+    out = tmp_path / "flow"
+    for name in ("table.md", "verdicts.md", "results.json", "fronts.png", "tradeoff.png", "grid.png"):
+        assert (out / name).is_file(), name
+    verdicts = (out / "verdicts.md").read_text()
+    assert "ADRPO-FM (beta0=1)" in verdicts and "ADRPO-FM (beta0=0.03, advantage_scale=none)" in verdicts
+    assert verdicts.count("| ADRPO-FM (beta0=1) |") == 2  # one row per objective pair
+    results = json.loads((out / "results.json").read_text())
+    assert [pair["y"] for pair in results["pareto"]["pairs"]] == ["diversity", "w2"]
+    assert {c["verdict"].split(" (")[0] for pair in results["pareto"]["pairs"] for c in pair["comparisons"]} <= {
+        "beyond", "on", "behind", "out of range"}
+    assert "| ADRPO-FM (beta0=1) |" in printed and len(results["runs"]) == 2 * 4
+
+    monkeypatch.setenv("ADRPO_CACHE", str(tmp_path / "cache"))
+    llm = ["sweep", "--preset", "arithmetic-sweep-quick", "--output-dir", str(tmp_path / "llm"), "--workers", "1",
+           "--set", "task_args={max_operand: 5, held_out: 5, steps: 20, hidden: 16, layers: 1}",
+           "--set", "trainer.max_steps=2", "--set", "trainer.per_device_train_batch_size=8", "--set", "trainer.num_generations=4",
+           "--set", "eval={steps: 1, group: 2, prompts: 3}",
+           "--set", "methods=[{label: GRPO, trainer: grpo, grid: {beta: [0.0, 0.2]}}, {label: ADRPO-GRPO, trainer: adrpo, beta: 0.04}]"]
+    cli.main(llm)
+    verdicts = (tmp_path / "llm" / "verdicts.md").read_text()
+    assert verdicts.count("| ADRPO-GRPO |") == 4  # per objective pair: its verdict row and its family's hypervolume row
+    assert [pair["y"] for pair in json.loads((tmp_path / "llm" / "results.json").read_text())["pareto"]["pairs"]] == ["diversity", "kl"]
