@@ -179,3 +179,13 @@ def test_sweep_quick_presets_run_end_to_end_on_a_two_point_grid(tmp_path, digits
     verdicts = (tmp_path / "llm" / "verdicts.md").read_text()
     assert verdicts.count("| ADRPO-GRPO |") == 4  # per objective pair: its verdict row and its family's hypervolume row
     assert [pair["y"] for pair in json.loads((tmp_path / "llm" / "results.json").read_text())["pareto"]["pairs"]] == ["diversity", "kl"]
+
+
+def test_identity_holds_only_settings_that_differ_from_the_defaults():
+    from adrpo.experiments.backends import non_default_fields
+    from adrpo.flow.config import FlowConfig
+
+    # The clip is derived from beta0 (None -> ±beta0); every other field is at its default.
+    assert non_default_fields(FlowConfig()) == {"adv_clip_min": -1.0, "adv_clip_max": 1.0}
+    assert non_default_fields(FlowConfig(method="raft", raft_fraction=0.5)) == {
+        "method": "raft", "raft_fraction": 0.5, "adv_clip_min": -1.0, "adv_clip_max": 1.0}

@@ -29,7 +29,8 @@ PLACEHOLDER_DIR = "<run directory>"
 
 class Backend(Protocol):
     def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-        """The configuration's trainer config as a plain mapping, validated (errors name the label)."""
+        """The configuration's trainer settings that differ from the trainer's defaults, validated
+        (errors name the label)."""
         ...
 
     def prepare(self, spec: ExperimentSpec) -> None:
@@ -39,6 +40,20 @@ class Backend(Protocol):
     def run(self, spec: ExperimentSpec, job: Job, *, threads: int | None) -> RunResult:
         """Train and evaluate one job in ``job.directory``."""
         ...
+
+
+def non_default_fields(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields whose values differ from the field defaults: what identifies a
+    configuration, so that a field added later with a default changes no run's identity."""
+    changed = {}
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(config, f.name)
+        if default is dataclasses.MISSING or value != default:
+            changed[f.name] = value
+    return changed
 
 
 def backend_for(spec: ExperimentSpec) -> Backend:
@@ -56,7 +71,7 @@ class FlowBackend:
     """Flow tasks on :class:`FlowTrainer`."""
 
     def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-        return self.config(spec, configuration, seed, PLACEHOLDER_DIR).to_dict()
+        return non_default_fields(self.config(spec, configuration, seed, PLACEHOLDER_DIR))
 
     @staticmethod
     def config(spec: ExperimentSpec, configuration: Configuration, seed: int, output_dir: str):
@@ -104,7 +119,7 @@ class LLMBackend:
     """The arithmetic miniature on TRL's GRPOTrainer (fixed β) or ADRPOTrainer."""
 
     def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-        return self.args(spec, configuration, seed, PLACEHOLDER_DIR).to_dict()
+        return non_default_fields(self.args(spec, configuration, seed, PLACEHOLDER_DIR))
 
     @staticmethod
     def args(spec: ExperimentSpec, configuration: Configuration, seed: int, output_dir: str):

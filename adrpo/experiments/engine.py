@@ -2,8 +2,10 @@
 
 Every job gets the run directory ``output_dir/runs/<slug>-<hash>/seed-<s>``: a readable slug of
 its label and a short hash of its *resolved* configuration (task, task arguments, evaluation
-and every trainer field after defaults, without the seed and the output directory), so two
-labels that read alike never share a directory and a changed setting never reuses an old run.
+and every trainer field whose resolved value differs from the trainer's default, without the
+seed and the output directory), so two labels that read alike never share a directory, a
+changed setting never reuses an old run, and a trainer field added later with a default keeps
+every finished run. Code changes (a changed default included) are not detected: use ``force``.
 A run is complete once its ``result.json`` is written (atomically, last); re-running or
 extending an experiment loads complete runs instead of training them again, resumes
 incomplete flow runs from their newest checkpoint, and ``force=True`` retrains everything.
