@@ -32,6 +32,9 @@ class TrainerState:
 
     The random generator and the prompt order are per process; before a save the trainer
     gathers every process's into ``gathered`` so that each one resumes its own stream.
+    ``reference`` holds the weights a moving reference (``sync_ref_model``) has moved: in full
+    fine-tuning the reference copy's own trainable parameters, in LoRA mode the reference
+    adapters. Loading copies into those tensors in place, so the reference module sees them.
     """
 
     def __init__(self, num_prompts: int, generator: torch.Generator, process_index: int):
@@ -41,6 +44,7 @@ class TrainerState:
         self.order = self.permutation(num_prompts)
         self.cursor = 0
         self.snapshot: dict[str, torch.Tensor] | None = None
+        self.reference: dict[str, torch.Tensor] | None = None
         self.gathered: list[dict[str, Any]] = []
 
     def permutation(self, n: int) -> list[int]:
@@ -51,7 +55,8 @@ class TrainerState:
         return {"generator": self.generator.get_state(), "order": list(self.order), "cursor": self.cursor}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "snapshot": self.snapshot, "processes": self.gathered or [self.local_state()]}
+        return {"step": self.step, "snapshot": self.snapshot, "reference": self.reference,
+                "processes": self.gathered or [self.local_state()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.generator.device
@@ -62,6 +67,22 @@ class TrainerState:
         self.cursor = mine["cursor"]
         if state["snapshot"] is not None:
             self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
+        self._load_reference(state.get("reference"))  # absent from checkpoints of before sync_ref_model
+
+    def _load_reference(self, saved: dict[str, torch.Tensor] | None) -> None:
+        if (saved is None) != (self.reference is None):
+            held = "holds no" if saved is None else "holds a"
+            raise ValueError(f"the trainer state {held} moving reference but this run has sync_ref_model="
+                             f"{self.reference is not None}; resume with the sync_ref_model it was saved with")
+        if saved is None:
+            return
+        if saved.keys() != self.reference.keys():
+            missing, unexpected = sorted(self.reference.keys() - saved.keys()), sorted(saved.keys() - self.reference.keys())
+            raise ValueError(f"the saved moving reference does not match the trainable weights (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        with torch.no_grad():
+            for name, value in saved.items():
+                self.reference[name].copy_(value)
 
 
 def save_only_trainable(accelerator, model: torch.nn.Module) -> None:

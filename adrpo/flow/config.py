@@ -68,8 +68,8 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
 class FlowConfig:
     """Every knob of one online fine-tuning run; see each field's ``help``.
 
-    Groups: method and its hyperparameters; batch and sampling; optimisation; LoRA;
-    bookkeeping (output, logging, checkpoints).
+    Groups: method and its hyperparameters; moving reference; batch and sampling;
+    optimisation; LoRA; bookkeeping (output, logging, checkpoints).
     """
 
     # Method
@@ -84,6 +84,20 @@ class FlowConfig:
     orw_normalize: bool = _help("Rescale ORW weights to mean 1 over the batch (paper: raw exp(τ·r)).", False)
     raft_fraction: float = _help("RAFT: share of each prompt's samples kept for flow matching.", 0.25)
     dpo_beta: float = _help("Flow-DPO inverse temperature β.", 100.0)
+
+    # Moving reference (TRL's GRPOConfig options, same names and defaults)
+    sync_ref_model: bool = _help(
+        "Whether to synchronize the reference model with the active model every `ref_model_sync_steps` steps, using the "
+        "`ref_model_mixup_alpha` parameter (TR-DPO, arXiv 2404.09656). Every method's reference moves (ADRPO-FM, "
+        "ORW-CFM-W2, Flow-DPO; RAFT uses it only for the w2 metric), in full fine-tuning and LoRA mode; the logged and "
+        "evaluated w2 is then to the current reference, not to the base model.", False)
+    ref_model_mixup_alpha: float = _help(
+        "α parameter from the TR-DPO paper, which controls the mix between the current policy and the previous reference "
+        "policy during updates. The reference policy is updated according to the equation: "
+        "`π_ref = α * π_θ + (1 - α) * π_ref_prev`. To use this parameter, you must set `sync_ref_model=True`.", 0.6)
+    ref_model_sync_steps: int = _help(
+        "τ parameter from the TR-DPO paper, which determines how frequently the current policy is synchronized with the "
+        "reference policy (after optimizer steps τ, 2τ, ...). To use this parameter, you must set `sync_ref_model=True`.", 512)
 
     # Batch and sampling
     prompts_per_step: int = _help("B, prompts drawn per step (per process).", 8)
@@ -166,6 +180,10 @@ class FlowConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.orw_alpha < 0:
             raise ConfigError(f"orw_alpha must be >= 0, got {self.orw_alpha}")
+        if not 0 <= self.ref_model_mixup_alpha <= 1:
+            raise ConfigError(f"ref_model_mixup_alpha must be in [0, 1], got {self.ref_model_mixup_alpha}")
+        if self.ref_model_sync_steps < 1:
+            raise ConfigError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}")
         # Collapse monitor
         if self.monitor not in MONITOR_POLICIES:
             raise ConfigError(f"monitor must be one of {MONITOR_POLICIES}, got {self.monitor!r}")
