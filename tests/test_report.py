@@ -93,6 +93,23 @@ def test_verdicts_wire_each_adaptive_point_against_the_union_of_baselines():
     assert got["ADRPO (beta0=1)", "reward"].delta_mean == pytest.approx(0.1)
 
 
+def test_moving_reference_runs_leave_the_w2_pair_but_stay_on_diversity_and_kl():
+    """A flow run's evaluated W2 is to its trainer's current reference: with a moving reference it is
+    not a distance to the base model, so such runs must not enter (reward, W2) fronts or verdicts. The
+    LLM evaluation's KL is to the base model, so there they stay."""
+    results = sweep_results()
+    for seed in SEEDS:  # a moving-reference ORW with a tiny W2 to its own moving reference
+        results["runs"].append(run("ORW moving", "ORW moving", "baseline", seed, {"reward": 0.75, "diversity": 1.9, "w2": 0.001},
+                                   config={"sync_ref_model": True}))
+    points, (diversity, divergence) = pareto_analysis(results, "flow")
+    assert "ORW moving" in diversity.baseline and "ORW moving" not in divergence.labels
+    assert any("'ORW moving' has a moving reference" in note for note in divergence.notes)
+    assert records(divergence)["ADRPO (beta0=1)", "w2"].delta_mean == pytest.approx(0.1)  # the front without it
+    _, (_, kl_pair) = pareto_analysis({**results, "runs": [
+        {**r, "trajectory": [{**p, "kl": p["w2"]} for p in r["trajectory"]]} for r in results["runs"]]}, "llm")
+    assert "ORW moving" in kl_pair.labels
+
+
 def test_hypervolumes_use_one_shared_reference_and_match_core_pareto():
     points, (diversity, _) = pareto_analysis(sweep_results(), "flow")
     # Worst reward over every run and the base: 0.5 (base); worst diversity: 0.5 (beta0=10).

@@ -89,6 +89,11 @@ class Objective:
         return f"{AXIS_TITLES.get(self.x, self.x)} vs {AXIS_TITLES.get(self.y, self.y)}"
 
 
+# Divergences measured to the trainer's current reference (the flow evaluators' W2), which a moving
+# reference moves; the LLM evaluation's KL is to the base model, so moving-reference runs stay in.
+TO_CURRENT_REFERENCE = frozenset({"w2"})
+
+
 def objective_pairs(kind: str) -> tuple[Objective, Objective]:
     """(reward ↑, diversity ↑) and (reward ↑, divergence ↓) of a "flow" or "llm" task."""
     return Objective("reward", "diversity", (True, True)), Objective("reward", DIVERGENCE[kind], (True, False))
@@ -104,6 +109,7 @@ class Points:
     families: dict[str, list[str]]
     roles: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    moving_reference: set[str] = field(default_factory=set)
 
 
 def collect_points(results: dict[str, Any]) -> Points:
@@ -114,9 +120,12 @@ def collect_points(results: dict[str, Any]) -> Points:
     found: dict[str, SeedPoints] = {}
     families: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
+    moving: set[str] = set()
     for run in runs:
         label = run["label"]
         roles.setdefault(label, run["role"])
+        if run.get("config", {}).get("sync_ref_model"):
+            moving.add(label)
         members = families.setdefault(run["family"], [])
         if label not in members:
             members.append(label)
@@ -139,7 +148,7 @@ def collect_points(results: dict[str, Any]) -> Points:
         else:
             kept[label] = {seed: found[label][seed] for seed in seeds}
     families = {family: [label for label in labels if label in kept] for family, labels in families.items()}
-    return Points(seeds, {seed: base[seed] for seed in seeds}, kept, {f: ls for f, ls in families.items() if ls}, roles, notes)
+    return Points(seeds, {seed: base[seed] for seed in seeds}, kept, {f: ls for f, ls in families.items() if ls}, roles, notes, moving)
 
 
 def has_both_roles(results: dict[str, Any]) -> bool:
@@ -181,7 +190,10 @@ def analyse_pair(points: Points, objective: Objective) -> PairAnalysis:
     notes = []
     labels = []
     for label, seeds in points.configurations.items():
-        if _finite(seeds, keys):
+        if objective.y in TO_CURRENT_REFERENCE and label in points.moving_reference:
+            notes.append(f"{label!r} has a moving reference: its {objective.y} is to that reference, not to the base model, "
+                         "so it is left out of this pair")
+        elif _finite(seeds, keys):
             labels.append(label)
         else:
             notes.append(f"{label!r} has a missing or non-finite {objective.x} or {objective.y} and is left out of this pair")
