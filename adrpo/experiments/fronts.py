@@ -310,6 +310,8 @@ def plot_fronts(points: Points, analyses: Sequence[PairAnalysis], path: Path) ->
         ax.errorbar([bx], [by], xerr=[bsx], yerr=[bsy], fmt="o", color="black", markersize=8, capsize=2, label=BASE_LABEL)
         ax.set_xlabel(AXIS_TITLES.get(o.x, o.x) + " (held-out prompts)")
         ax.set_ylabel(AXIS_TITLES.get(o.y, o.y) + " (held-out prompts)")
+        if not o.maximize[1]:  # divergences span decades (W2 0.01 for a leashed run, 6 for RAFT)
+            ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_title(f"{o.title}: seed mean ± std over {len(points.seeds)} seeds; lines = fronts")
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
