@@ -66,8 +66,22 @@ def flow_step_parser(doc: str, *, what: str) -> argparse.ArgumentParser:
     return parser
 
 
-def digits_trainer(args: argparse.Namespace, task, method: str, output_dir: str):
-    """A FlowTrainer on the digits task with the benchmark options ``args`` (no logging, no checkpoints)."""
+def digits_model(task, width: int | None, seed: int):
+    """The digits task's pretrained velocity MLP, or with another hidden ``width`` a randomly
+    initialised one of the same class, depth, time features and vocabulary: the same work per
+    step at a larger size, for timing (its samples are noise to the reward)."""
+    from adrpo.flow.models.mlp import MLPVelocityModel
+
+    cfg = task.base_config
+    if width is None or width == cfg["width"]:
+        return task.base_model()
+    torch.manual_seed(seed)
+    return MLPVelocityModel(cfg["data_dim"], cfg["vocab"], width=width, depth=cfg["depth"], time_dim=cfg["time_dim"])
+
+
+def digits_trainer(args: argparse.Namespace, task, method: str, output_dir: str, *, width: int | None = None):
+    """A FlowTrainer on the digits task with the benchmark options ``args`` (no logging, no
+    checkpoints), on :func:`digits_model` of ``width``."""
     from adrpo.flow.config import FlowConfig
     from adrpo.flow.trainer import FlowTrainer
 
@@ -77,4 +91,4 @@ def digits_trainer(args: argparse.Namespace, task, method: str, output_dir: str)
         num_steps=args.warmup + args.rounds * args.steps, seed=args.seed, output_dir=output_dir,
         report_to=["none"], progress_bar=False, checkpoint_steps=0,
     )
-    return FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
+    return FlowTrainer(config, digits_model(task, width, args.seed), task.reward, task.train_prompts)

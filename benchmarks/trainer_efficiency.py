@@ -20,11 +20,17 @@ How: after ``--warmup`` discarded calls of each, the four measurements run in bl
 ``--rounds`` rounds; each call is timed alone and the medians over all timed calls are
 reported.
 
+``--width`` times a larger velocity MLP of the same class (randomly initialised; 872 has
+10.0× the pretrained model's 0.24 M parameters), ``--prompts-per-step`` and ``--group-size``
+a larger batch.
+
 Run (about 40 s on one idle CPU thread; the first run of the digits task pretrains and caches
 its models for ~45 s more)::
 
     .venv/bin/python benchmarks/trainer_efficiency.py
     .venv/bin/python benchmarks/trainer_efficiency.py --rounds 48 --steps 10 --threads 2
+    .venv/bin/python benchmarks/trainer_efficiency.py --prompts-per-step 128 --rounds 12  # N = 1024
+    .venv/bin/python benchmarks/trainer_efficiency.py --width 872 --rounds 24             # 10x model
 """
 
 from __future__ import annotations
@@ -45,13 +51,15 @@ from adrpo.tasks.digits import DigitsTask
 
 def main() -> None:
     parser = flow_step_parser(__doc__, what="measurement")
+    parser.add_argument("--width", type=int, default=None, help="Hidden width of the velocity MLP (default: the pretrained model's).")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     task = DigitsTask()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = digits_trainer(args, task, "adrpo", str(Path(tmp) / "adrpo"))
+        trainer = digits_trainer(args, task, "adrpo", str(Path(tmp) / "adrpo"), width=args.width)
+        parameters = sum(p.numel() for p in trainer.policy.parameters())
         config = trainer.config
         device, n = trainer.device, args.prompts_per_step * args.group_size
 
@@ -117,6 +125,9 @@ def main() -> None:
         f"max_grad_norm={config.max_grad_norm} seed={args.seed} rounds={args.rounds} "
         f"steps/block={args.steps} warmup={args.warmup} (interleaved, rotating order)"
     )
+    pretrained = "pretrained" if args.width in (None, task.base_config["width"]) else "random init"
+    print(f"model: MLPVelocityModel width={trainer.policy.config['width']} depth={trainer.policy.config['depth']}, "
+          f"{parameters / 1e6:.2f} M parameters, {pretrained}")
     for name in names:
         values = times[name]
         print(

@@ -48,6 +48,7 @@ from adrpo.flow.engine import (
     configure_deepspeed,
     default_accelerator,
     enable_gradient_checkpointing,
+    step_calls,
     unwrap,
 )
 from adrpo.flow.lora import adapters_disabled, add_lora
@@ -125,6 +126,7 @@ class FlowTrainer:
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.calls = step_calls(self.accelerator, self.optimizer)
         self.policy = unwrap(self.accelerator, self.model)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         generator = torch.Generator(device=self.accelerator.device)
@@ -257,9 +259,9 @@ class FlowTrainer:
         loss, out, v = self._loss_and_backward(
             x_t, t, cond, lambda velocity: LossBatch(velocity, u_t, v_ref, rewards, advantages, group, pairs)
         )
-        grad_norm = None if cfg.max_grad_norm is None else self.accelerator.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = None if cfg.max_grad_norm is None else self.calls.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
+        self.calls.optimizer.step()
+        self.calls.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         if self.state.snapshot is not None and self.state.step % cfg.sampler_refresh_every == 0:
             for name, param in self.trainable.items():
