@@ -12,7 +12,7 @@ Conventions for flow matching (see ``adrpo.core.paths``): t = 0 is noise, t = 1 
 x_t = (1 − t)·x0 + t·x1, and the target velocity is u_t = x1 − x0.
 
 Floors (arrows point down only): ``cli`` → ``experiments`` → ``tasks`` → ``flow`` / ``llm``
-→ ``core`` / ``rewards`` → ``errors``. ``core`` imports torch, the standard library and
+→ ``core`` / ``rewards`` / ``data`` → ``errors``. ``core`` imports torch, the standard library and
 ``adrpo.errors`` (the one configuration-error class), nothing else.
 """
 
