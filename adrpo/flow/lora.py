@@ -1,5 +1,6 @@
 """LoRA through peft: the reference is the base model with adapters disabled, so no second
-copy of the weights is held.
+copy of the weights is held. With a moving reference (``sync_ref_model``) the reference is the
+base plus reference adapters swapped into the adapter parameters (:mod:`adrpo.flow.reference`).
 """
 
 from __future__ import annotations
