@@ -14,7 +14,8 @@ from datasets import Dataset
 from PIL import Image
 
 from adrpo.llm.config import ADRPOConfig
-from adrpo.llm.tiny_vlm import save_model_and_processor, tiny_vlm, tiny_vlm_processor
+from adrpo.llm.tiny import save_model_and_tokenizer
+from adrpo.llm.tiny_vlm import tiny_vlm, tiny_vlm_processor
 from adrpo.llm.trainer import ADRPOTrainer
 from adrpo.rewards.text import checked, completion_text
 
@@ -31,7 +32,7 @@ def vowels(prompts, completions, **kwargs):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     processor = tiny_vlm_processor(CHARS)
-    path = save_model_and_processor(tiny_vlm(processor), processor, tmp_path_factory.mktemp("vlm"))
+    path = save_model_and_tokenizer(tiny_vlm(processor), processor, tmp_path_factory.mktemp("vlm"))
     rows = [
         {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color"}]}],
          "image": Image.new("RGB", (28, 28), rgb)}

@@ -45,6 +45,8 @@ def tiny_causal_lm(family: str, vocab_size: int, *, hidden: int = 32, layers: in
 
 
 def save_model_and_tokenizer(model, tokenizer, path: str | Path) -> Path:
+    """Save both with ``save_pretrained`` (a processor serves as the tokenizer): TRL rebuilds the
+    reference model, and ``AutoTokenizer`` / ``AutoProcessor`` the tokenizer, from ``path``."""
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

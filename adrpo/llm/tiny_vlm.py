@@ -13,7 +13,6 @@ the prompt (4 with the defaults, 28 × 28 pixels in patches of 14).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from adrpo.llm.tiny import char_tokenizer
 
@@ -71,11 +70,3 @@ def tiny_vlm(processor, *, hidden: int = 32, vision_hidden: int = 16, layers: in
     )
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config)
-
-
-def save_model_and_processor(model, processor, path: str | Path) -> Path:
-    """Save both with ``save_pretrained`` so that TRL can rebuild the model and ``AutoProcessor`` the processor."""
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
