@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 LOCK := requirements/lock.txt
-EXTRAS := .[flow,llm,embed,sd3,dev]
+EXTRAS := .[flow,llm,audio,embed,sd3,dev]
 
 .PHONY: install lock demo test full ablation sweep llm-demo llm-sweep smollm2-demo sd3-tiny flux-tiny bench clean
 

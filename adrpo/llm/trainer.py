@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from trl import GRPOTrainer
 
 from adrpo.core.coefficient import adaptive_coefficient
+from adrpo.llm.audio import AudioGRPOTrainer
 
 
 class PerSampleBeta(float):
@@ -90,10 +90,11 @@ _PRODUCTS = frozenset({
 })
 
 
-class ADRPOTrainer(GRPOTrainer):
+class ADRPOTrainer(AudioGRPOTrainer):
     """GRPOTrainer whose KL coefficient is β0 − clip(adv_coef_scale·A) per completion.
 
-    Takes exactly GRPOTrainer's arguments, with ``args`` an :class:`adrpo.llm.config.ADRPOConfig`.
+    Takes exactly GRPOTrainer's arguments, with ``args`` an :class:`adrpo.llm.config.ADRPOConfig`. Derives from
+    :class:`adrpo.llm.audio.AudioGRPOTrainer` (stock TRL on text and image batches), so audio rows train too.
     Logs ``adrpo/coef_mean``, ``adrpo/coef_min``, ``adrpo/coef_max``, ``adrpo/frac_clipped`` and
     ``adrpo/frac_negative`` beside TRL's ``kl`` and ``entropy``: min and max over every completion
     of the logging interval on every process, the others means over them.

@@ -1,0 +1,396 @@
+"""The audio path on TRL's engine (adrpo/llm/audio.py, issue 11).
+
+Parity with stock TRL for every override on text-only batches (the override called on one trainer equals
+``GRPOTrainer``'s own method called on the same trainer, from the same random state); on audio batches, per-token
+log-probs equal a direct forward of the model on the same inputs; the features follow their rows through TRL's
+shuffle, split and buffer; tiny Qwen2-Audio and Qwen2.5-Omni thinker models train end to end with fixed-β GRPO
+and with ADRPO (the audio tower learns, the coefficient is logged and equals fixed-β GRPO when collapsed); bad
+audio rows are refused naming the row.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from adrpo.errors import ConfigError
+from adrpo.llm.audio import AudioGRPOTrainer, load_clip, with_audio_part
+from adrpo.llm.config import ADRPOConfig
+from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
+from adrpo.llm.tiny_audio import CHAT_TEMPLATE, audio_tokens, tiny_audio_lm, tiny_audio_processor
+from adrpo.llm.trainer import ADRPOTrainer
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz ?")
+RATE = 16000
+N_CLIPS = 4  # distinct clips, named in their prompts so a row's clip can be recovered from its tokens
+
+
+def clip(i: int) -> np.ndarray:
+    """Clip ``i``: a tone of 200·(i + 1) Hz lasting 1 − 0.15·i seconds (different lengths, so the masks differ too)."""
+    t = np.arange(int(RATE * (1 - 0.15 * i))) / RATE
+    return (0.3 * np.sin(2 * np.pi * 200 * (i + 1) * t)).astype(np.float32)
+
+
+def audio_rows(n_clips: int = N_CLIPS) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"clip {'abcd'[i]}"}], "audio": clip(i)} for i in range(n_clips)]
+
+
+def vowels(prompts, completions, **kwargs):
+    """Vowels in the completion: graded, so the completions of a group usually differ."""
+    from adrpo.rewards.text import completion_text
+
+    return [float(sum(completion_text(c).count(v) for v in "aeiou")) for c in completions]
+
+
+def trainer_args(tmp_path, cls=GRPOConfig, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"), bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+        save_strategy="no", disable_tqdm=True, max_steps=2, learning_rate=1e-2, per_device_train_batch_size=8,
+        num_generations=4, max_completion_length=4, logging_steps=1, seed=0, beta=0.04,
+    )
+    values.update(overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**values)
+
+
+def build(trainer_cls, path, args, rows, processor=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extra = {} if processor is None else {"processing_class": processor}
+        return trainer_cls(model=str(path), reward_funcs=vowels, args=args, train_dataset=Dataset.from_list(rows * 2), **extra)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Saved tiny models: {family: (path, processor)}; Omni's processor cannot be saved (no video processor)."""
+    out = {}
+    for family in ("qwen2_audio", "qwen2_5_omni"):
+        processor = tiny_audio_processor(CHARS, family=family)
+        model = tiny_audio_lm(processor, family=family)
+        saved = processor if family == "qwen2_audio" else processor.tokenizer
+        out[family] = (save_model_and_tokenizer(model, saved, tmp_path_factory.mktemp(family)), processor)
+    tokenizer = char_tokenizer(CHARS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    out["text"] = (save_model_and_tokenizer(tiny_causal_lm("qwen2", len(tokenizer)), tokenizer, tmp_path_factory.mktemp("text")), None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_trainer(models, tmp_path_factory):
+    path, _ = models["text"]
+    rows = [{"prompt": [{"role": "user", "content": "ab"}]}, {"prompt": [{"role": "user", "content": "cd"}]}]
+    return build(AudioGRPOTrainer, path, trainer_args(tmp_path_factory.mktemp("t")), rows)
+
+
+def text_inputs():
+    return [{"prompt": [{"role": "user", "content": p}]} for p in ("ab", "cd") for _ in range(4)]
+
+
+def assert_same(a, b):
+    """Equal batch dicts: tensors bitwise, everything else by ==."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+# ---- parity on text-only batches -------------------------------------------------------------------------------
+
+
+def test_signature_columns_are_stock_plus_audio(text_trainer):
+    text_trainer._signature_columns = None
+    GRPOTrainer._set_signature_columns_if_needed(text_trainer)
+    stock = list(text_trainer._signature_columns)
+    text_trainer._signature_columns = None
+    text_trainer._set_signature_columns_if_needed()
+    assert text_trainer._signature_columns == [*stock, "audio"]
+
+
+def test_text_generation_batch_equals_stock(text_trainer):
+    text_trainer.model.train()
+    torch.manual_seed(3)
+    ours = text_trainer._generate_and_score_completions(text_inputs())
+    torch.manual_seed(3)
+    stock = GRPOTrainer._generate_and_score_completions(text_trainer, text_inputs())
+    assert_same(ours, stock)
+    assert text_trainer._audio_inputs is None
+
+
+def test_text_tokenize_prompts_equals_stock(text_trainer):
+    prompts = [row["prompt"] for row in text_inputs()]
+    assert text_trainer._tokenize_prompts(prompts) == GRPOTrainer._tokenize_prompts(text_trainer, prompts)
+    assert text_trainer._audio_inputs is None
+
+
+def test_text_logps_and_loss_equal_stock(text_trainer):
+    trainer = text_trainer
+    trainer.model.train()
+    torch.manual_seed(4)
+    inputs = trainer._generate_and_score_completions(text_inputs())
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    keep = inputs["completion_ids"].size(1)
+    with torch.no_grad():
+        ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
+        stock = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
+    assert torch.equal(ours[0], stock[0]) and torch.equal(ours[1], stock[1]) and ours[2] is stock[2] is None
+
+    trainer.current_gradient_accumulation_steps = 1
+    grads = []
+    for method in (trainer._compute_loss, lambda m, x: GRPOTrainer._compute_loss(trainer, m, x)):
+        trainer.model.zero_grad(set_to_none=True)
+        loss = method(trainer.model, inputs)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_text_model_generation_config_is_stock(models, tmp_path):
+    path, _ = models["text"]
+    rows = [{"prompt": [{"role": "user", "content": "ab"}]}]
+    ours = build(AudioGRPOTrainer, path, trainer_args(tmp_path), rows)
+    stock = build(GRPOTrainer, path, trainer_args(tmp_path), rows)
+    assert ours.generation_config.to_dict() == stock.generation_config.to_dict()
+    assert ours.generation_kwargs == stock.generation_kwargs
+
+
+# ---- audio batches ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["qwen2_audio", "qwen2_5_omni"])
+def audio_trainer(request, models, tmp_path_factory):
+    path, processor = models[request.param]
+    args = trainer_args(tmp_path_factory.mktemp("a"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                        num_iterations=2)  # each generation trained on twice: TRL scores the old policy too
+    trainer = build(AudioGRPOTrainer, path, args, audio_rows(), processor=None if request.param == "qwen2_audio" else processor)
+    return request.param, trainer
+
+
+def audio_inputs():
+    return [row for row in audio_rows() for _ in range(4)]  # TRL's sampler repeats each prompt G = 4 times
+
+
+def expected_features(trainer, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The feature extractor's (M, F) features and (F,) mask for clip ``i`` alone."""
+    out = trainer.processing_class.feature_extractor(clip(i), sampling_rate=RATE, return_attention_mask=True, padding="max_length",
+                                                      return_tensors="pt")
+    return out["input_features"][0], out["attention_mask"][0]
+
+
+def clip_of(trainer, prompt_ids: torch.Tensor) -> int:
+    """Which clip a row's prompt names ("clip a" ... "clip d")."""
+    text = trainer.processing_class.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    return "abcd".index(text.split("clip ")[1][0])
+
+
+def test_audio_prompt_holds_the_audio_tokens(audio_trainer):
+    family, trainer = audio_trainer
+    trainer.model.train()
+    torch.manual_seed(5)
+    batch = trainer._generate_and_score_completions(audio_inputs())
+    token = trainer.model.config.audio_token_id
+    counts = (batch["prompt_ids"] == token).sum(dim=1)
+    lengths = batch["feature_attention_mask"].sum(dim=1) / 100  # seconds: 100 frames per second
+    assert counts.tolist() == [audio_tokens(s) for s in lengths.tolist()]
+    assert not (batch["completion_ids"] == token).any()  # the audio token is never sampled
+
+
+def test_audio_features_reach_every_row(audio_trainer):
+    family, trainer = audio_trainer
+    trainer.model.train()
+    torch.manual_seed(6)
+    batch = trainer._generate_and_score_completions(audio_inputs())
+    assert batch["input_features"].shape[0] == batch["prompt_ids"].shape[0] == 4 * N_CLIPS
+    for row in range(batch["prompt_ids"].shape[0]):
+        features, mask = expected_features(trainer, clip_of(trainer, batch["prompt_ids"][row]))
+        torch.testing.assert_close(batch["input_features"][row], features)
+        assert torch.equal(batch["feature_attention_mask"][row].long(), mask.long())
+
+
+def direct_logps(model, ids, mask, features, keep):
+    """log π(token) and entropy for the last ``keep`` tokens from the model's full logits."""
+    logits = model(input_ids=ids, attention_mask=mask, **features).logits[:, -keep - 1 : -1]  # (B, C, V)
+    logp = logits.log_softmax(-1)
+    return logp.gather(-1, ids[:, -keep:, None])[..., 0], -(logp.exp() * logp).sum(-1)
+
+
+def test_audio_logps_equal_a_direct_forward(audio_trainer):
+    family, trainer = audio_trainer
+    trainer.model.train()
+    torch.manual_seed(7)
+    batch = trainer._generate_and_score_completions(audio_inputs())
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    keep = batch["completion_ids"].size(1)
+    features = {k: batch[k] for k in ("input_features", "feature_attention_mask")}
+    with torch.no_grad(), trainer._scoring_audio(features):
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
+    with torch.no_grad():
+        want_logps, want_entropies = direct_logps(trainer.model, ids, mask, features, keep)
+        silent, _ = direct_logps(trainer.model, ids, mask, {}, keep) if family == "qwen2_audio" else (None, None)
+    valid = batch["completion_mask"].bool()
+    torch.testing.assert_close(logps[valid], want_logps[valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropies[valid], want_entropies[valid], rtol=1e-5, atol=1e-5)
+    if silent is not None:  # the audio changes the log-probs: the features were used, not dropped
+        assert not torch.allclose(logps[valid], silent[valid], atol=1e-4)
+    # the reference log-probs TRL computed in the same call are the reference model's on the same audio
+    with torch.no_grad():
+        ref_logps, _ = direct_logps(trainer.ref_model, ids, mask, features, keep)
+    torch.testing.assert_close(batch["ref_per_token_logps"][valid], ref_logps[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_features_follow_their_rows_through_shuffle_split_and_buffer(audio_trainer):
+    family, trainer = audio_trainer
+    trainer.model.train()
+    trainer._step, trainer._buffered_inputs = 0, None
+    torch.manual_seed(8)
+    first = trainer._prepare_inputs(audio_inputs())  # generation batch of 16 rows, shuffled and split in 2 micro-batches of 8
+    assert len(trainer._buffered_inputs) == 2 and first is trainer._buffered_inputs[0]
+    seen = set()
+    for micro in trainer._buffered_inputs:
+        assert micro["input_features"].shape[0] == micro["prompt_ids"].shape[0] == 8
+        assert "old_per_token_logps" in micro  # num_iterations 2: the old policy was scored, with audio
+        for row in range(8):
+            features, _ = expected_features(trainer, clip_of(trainer, micro["prompt_ids"][row]))
+            torch.testing.assert_close(micro["input_features"][row], features)
+            seen.add(clip_of(trainer, micro["prompt_ids"][row]))
+    assert seen == set(range(N_CLIPS))
+
+
+# ---- end to end: GRPO and ADRPO on both families ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=[("qwen2_audio", "grpo"), ("qwen2_audio", "adrpo"), ("qwen2_5_omni", "grpo"), ("qwen2_5_omni", "adrpo")],
+                ids=lambda p: "-".join(p))
+def run(request, models, tmp_path_factory):
+    family, kind = request.param
+    path, processor = models[family]
+    cls, config = (ADRPOTrainer, ADRPOConfig) if kind == "adrpo" else (AudioGRPOTrainer, GRPOConfig)
+    extra = {"adv_coef_scale": 0.04} if kind == "adrpo" else {}
+    args = trainer_args(tmp_path_factory.mktemp("run"), cls=config, max_steps=3, **extra)
+    trainer = build(cls, path, args, audio_rows(), processor=None if family == "qwen2_audio" else processor)
+    calls = []  # features reaching the audio tower in gradient-carrying forwards
+
+    def record(module, args_, kwargs, output):
+        if torch.is_grad_enabled():
+            calls.append(kwargs.get("input_features", args_[0] if args_ else None))
+
+    tower = trainer.model.model.audio_tower
+    handle = tower.register_forward_hook(record, with_kwargs=True)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    handle.remove()
+    after = dict(trainer.model.named_parameters())
+    logs = [row for row in trainer.state.log_history if "reward" in row]
+    return {"family": family, "kind": kind, "trainer": trainer, "before": before, "after": after, "logs": logs, "calls": calls}
+
+
+def test_audio_run_trains_the_audio_tower(run):
+    moved = {n for n in run["before"] if not torch.equal(run["before"][n], run["after"][n])}
+    assert any(".audio_tower." in n for n in moved), "no audio-tower parameter moved"
+    assert any(".audio_tower." not in n for n in moved)
+    assert len(run["calls"]) == 3 and all(c is not None for c in run["calls"])  # one policy forward per step, with audio
+
+
+def test_audio_run_logs_finite_metrics_and_the_coefficient(run):
+    logs = run["logs"]
+    assert len(logs) == 3
+    assert all(math.isfinite(row["loss"]) and math.isfinite(row["kl"]) for row in logs)
+    if run["kind"] == "adrpo":
+        for row in logs:
+            assert 0.0 - 1e-6 <= row["adrpo/coef_min"] <= row["adrpo/coef_mean"] <= row["adrpo/coef_max"] <= 0.08 + 1e-6
+    else:
+        assert not any(key.startswith("adrpo/") for key in logs[0])
+
+
+def test_collapsed_adrpo_equals_fixed_beta_on_audio(models, tmp_path):
+    """ADRPO with the clip range collapsed to c equals GRPO with β = β0 − c on the same audio batch: the
+    per-sample coefficient works unchanged through the audio path."""
+    path, _ = models["qwen2_audio"]
+    c = 0.01
+    trainer = build(ADRPOTrainer, path, trainer_args(tmp_path, cls=ADRPOConfig, adv_clip_min=c, adv_clip_max=c), audio_rows())
+    trainer.model.train()
+    torch.manual_seed(9)
+    inputs = trainer._generate_and_score_completions(audio_inputs())
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # away from the reference, so the KL term is not zero
+    trainer.current_gradient_accumulation_steps = 1
+    adrpo_loss = trainer._compute_loss(trainer.model, inputs)
+    beta0, trainer.beta = trainer.beta, trainer.beta - c
+    grpo_loss = AudioGRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+    trainer.beta = beta0
+    torch.testing.assert_close(adrpo_loss, grpo_loss, rtol=1e-6, atol=1e-7)
+
+
+# ---- refusals -----------------------------------------------------------------------------------------------------
+
+
+def test_load_clip_forms(tmp_path):
+    import soundfile
+
+    samples = clip(0)
+    assert load_clip(samples.tolist(), sampling_rate=RATE, where="row 0").dtype == np.float32
+    assert np.array_equal(load_clip({"array": samples, "sampling_rate": RATE}, sampling_rate=RATE, where="row 0"), samples)
+    soundfile.write(tmp_path / "a.wav", samples, RATE, subtype="FLOAT")
+    np.testing.assert_array_equal(load_clip(str(tmp_path / "a.wav"), sampling_rate=RATE, where="row 0"), samples)
+    np.testing.assert_array_equal(load_clip({"path": str(tmp_path / "a.wav")}, sampling_rate=RATE, where="row 0"), samples)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"array": np.zeros(100), "sampling_rate": 8000}, "row 3: audio sampled at 8000 Hz"),
+    (np.zeros((2, 100)), "row 3: audio must be one non-empty mono channel"),
+    ([], "row 3: audio must be one non-empty mono channel"),
+    ("/no/such/file.wav", "row 3: cannot read audio file '/no/such/file.wav'"),
+    ({"bytes": b""}, "row 3: an audio mapping needs 'array'"),
+])
+def test_load_clip_refusals_name_the_row(value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_clip(value, sampling_rate=RATE, where="row 3")
+
+
+def test_stereo_file_is_refused(tmp_path):
+    import soundfile
+
+    soundfile.write(tmp_path / "s.wav", np.zeros((100, 2), dtype=np.float32), RATE)
+    with pytest.raises(ConfigError, match="2 channels"):
+        load_clip(str(tmp_path / "s.wav"), sampling_rate=RATE, where="row 0")
+
+
+def test_with_audio_part_fills_the_placeholder_or_prepends():
+    samples = clip(1)
+    placed = with_audio_part([{"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "audio"}]}], samples, where="row 0")
+    assert placed[0]["content"][1]["audio"] is samples and placed[0]["content"][0] == {"type": "text", "text": "q"}
+    prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    prepended = with_audio_part(prompt, samples, where="row 0")
+    assert prepended[1]["content"][0]["audio"] is samples and prepended[1]["content"][1] == {"type": "text", "text": "q"}
+    assert prompt[1]["content"] == "q"  # the input is not modified
+    with pytest.raises(ConfigError, match="row 2: audio rows need a conversational prompt"):
+        with_audio_part("q", samples, where="row 2")
+    with pytest.raises(ConfigError, match="row 2: the prompt has 2 audio parts"):
+        with_audio_part([{"role": "user", "content": [{"type": "audio"}, {"type": "audio"}]}], samples, where="row 2")
+
+
+def test_a_batch_mixing_audio_and_text_rows_is_refused(audio_trainer):
+    _, trainer = audio_trainer
+    rows = audio_inputs()
+    rows[5] = {"prompt": rows[5]["prompt"]}
+    with pytest.raises(ConfigError, match=r"rows \[5\] of an audio batch have no audio"):
+        trainer._generate_and_score_completions(rows)
+
+
+def test_audio_rows_on_a_text_model_are_refused(text_trainer):
+    with pytest.raises(ConfigError, match="has no feature_extractor"):
+        text_trainer._generate_and_score_completions(audio_inputs())
