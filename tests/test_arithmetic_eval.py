@@ -15,7 +15,7 @@ from adrpo.experiments.backends import backend_for
 from adrpo.experiments.engine import plan
 from adrpo.experiments.spec import ExperimentSpec
 from adrpo.tasks import arithmetic
-from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, evaluate_policy, split_prompts
+from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, evaluate_policy, split_rows
 
 # Pretrains in a fraction of a second to ~10% accuracy, so that some groups have a reward spread
 # and the policy moves; 25 prompts, 5 held out.
@@ -29,11 +29,11 @@ TIMING = ("runtime", "per_second", "time")
 def run(tmp_path, monkeypatch, eval_steps: int | None) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """(TRL's log_history without timings, final weights) of one 4-step GRPO run through the LLM backend;
     ``eval_steps=None`` swaps the held-out evaluation for a callback that does nothing."""
-    import trl
+    from adrpo.llm import audio
 
     trainers = []
 
-    class Recorded(trl.GRPOTrainer):
+    class Recorded(audio.AudioGRPOTrainer):
         def train(self, *args, **kwargs):
             trainers.append(self)
             return super().train(*args, **kwargs)
@@ -47,7 +47,7 @@ def run(tmp_path, monkeypatch, eval_steps: int | None) -> tuple[list[dict], dict
         monitor="off",
     )
     with monkeypatch.context() as patch:
-        patch.setattr(trl, "GRPOTrainer", Recorded)
+        patch.setattr(audio, "AudioGRPOTrainer", Recorded)
         if eval_steps is None:
             patch.setattr(arithmetic, "evaluation_callback", lambda *args, **kwargs: NoEvaluation())
         (job,) = plan(spec)
@@ -76,7 +76,7 @@ def test_evaluation_does_not_change_the_training_trajectory(tmp_path, monkeypatc
 def policy():
     settings = ArithmeticSettings(**TASK)
     path = base_model_path(settings)
-    _, held_out = split_prompts(settings)
+    _, held_out = split_rows(settings)
     model, reference = (AutoModelForCausalLM.from_pretrained(path).eval() for _ in range(2))
     with torch.no_grad():  # a policy that differs from its reference, so the KL is not 0
         model.lm_head.weight.mul_(1.5)

@@ -244,6 +244,30 @@ def grpo_compare_arithmetic(name: str, request) -> None:
         assert_trl_step_one(trainer)
 
 
+def grpo_compare_audio_qa(name: str, request) -> None:
+    """audio-qa compare: every method for 1 step on seed 0, on a smaller benchmark and base model (the same
+    classes: Qwen2-Audio through AudioGRPOTrainer / ADRPOTrainer's audio path)."""
+    trl_trainers = request.getfixturevalue("trl_trainers")
+    out = request.getfixturevalue("tmp_path") / "out"
+    cli.main([*PRESETS[name].command, "--preset", name,
+              "--seeds", "0", "--workers", "1", "--output-dir", str(out),
+              *setting("trainer.max_steps", 1),                # the first optimizer step
+              *setting("eval.prompts", 8),
+              # 960 train / 96 held-out clips and a 64-wide model pretrained 600 steps (~30 s) -> 16 / 8 clips (one per question type), 16 wide, 10 steps
+              *setting("task_args", {"train_items": 16, "test_items": 8, "steps": 10, "hidden": 16, "audio_hidden": 16})])
+    results = json.loads((out / "results.json").read_text())
+    assert [run["label"] for run in results["runs"]] == labels(name)
+    for run in results["runs"]:
+        assert [point["step"] for point in run["trajectory"]] == [0, 1]
+        assert set(run["trajectory"][1]) >= {"acc/sound", "acc/music", "acc/speech", "acc/total", "format"}
+        assert all(math.isfinite(v) for v in run["trajectory"][1].values())  # every category has held-out clips
+    assert (out / "table2.md").exists() and (out / "table3.md").exists()
+    assert len(trl_trainers) == len(labels(name))
+    for trainer in trl_trainers:
+        assert_trl_step_one(trainer)
+        assert "input_features" in trainer._buffered_inputs[0]  # trained through the audio path
+
+
 def grpo_train_gsm8k_on_tiny_qwen2(name: str, request) -> None:
     """grpo-qwen2.5-0.5b: Qwen2.5-0.5B-Instruct -> a tiny Qwen2; GSM8K from the hub -> local rows in
     its format. The math reward must read '#### N' gold answers (it once called float() on them)."""
@@ -311,6 +335,7 @@ class Driver(NamedTuple):
 PRESETS: dict[str, Driver] = {
     "arithmetic-quick": Driver(("grpo", "compare"), grpo_compare_arithmetic),
     "arithmetic": Driver(("grpo", "compare"), grpo_compare_arithmetic),
+    "audio-qa": Driver(("grpo", "compare"), grpo_compare_audio_qa),
     "digits-quick": Driver(("fm", "compare"), fm_compare_on_tiny_digits),
     "digits": Driver(("fm", "compare"), fm_compare_on_tiny_digits),
     "digits-clip-ablation": Driver(("fm", "compare"), fm_compare_on_tiny_digits),

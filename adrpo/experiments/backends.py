@@ -6,9 +6,11 @@ trainers' public API.
 - flow (digits, text_to_image): :class:`adrpo.flow.trainer.FlowTrainer` with the task's
   evaluator every ``eval.steps`` (default 50) steps; the collapse monitor is the trainer's
   (``trainer.monitor``); a run resumes from its newest checkpoint.
-- llm (arithmetic): TRL's ``GRPOTrainer`` (``trainer: grpo``) or
+- llm (arithmetic, audio_qa): TRL's GRPOTrainer with the audio path,
+  :class:`adrpo.llm.audio.AudioGRPOTrainer` (``trainer: grpo``; stock TRL on text), or
   :class:`adrpo.llm.trainer.ADRPOTrainer` (``trainer: adrpo``) with a held-out evaluation
-  callback (``eval: {steps, group, prompts}``) and the collapse monitor of ``spec.monitor``.
+  callback (``eval: {steps, group, prompts}``) and the collapse monitor of ``spec.monitor``. Each
+  task module offers the same five names (:data:`LLM_TASKS`).
 """
 
 from __future__ import annotations
@@ -115,8 +117,20 @@ class FlowBackend:
                          samples=samples)
 
 
+# Each LLM task module offers: SETTINGS (a dataclass built from task_args), base_model_path(settings),
+# split_rows(settings) -> (train rows, held-out rows), reward_funcs(), and
+# evaluation_callback(path, rows, *, steps, group, max_new_tokens, seed, monitor).
+LLM_TASKS = {"arithmetic": "adrpo.tasks.arithmetic", "audio_qa": "adrpo.tasks.audio_qa"}
+
+
+def llm_task(name: str):
+    import importlib
+
+    return importlib.import_module(LLM_TASKS[name])
+
+
 class LLMBackend:
-    """The arithmetic miniature on TRL's GRPOTrainer (fixed β) or ADRPOTrainer."""
+    """The LLM miniatures (arithmetic, audio QA) on TRL's GRPOTrainer (fixed β) or ADRPOTrainer."""
 
     def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
         return non_default_fields(self.args(spec, configuration, seed, PLACEHOLDER_DIR))
@@ -141,38 +155,41 @@ class LLMBackend:
 
         return _named(configuration, build)
 
-    def prepare(self, spec: ExperimentSpec) -> None:
-        from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path
+    @staticmethod
+    def settings(spec: ExperimentSpec):
+        from adrpo.settings import from_mapping
 
-        base_model_path(ArithmeticSettings(**spec.task_args))
+        return from_mapping(llm_task(spec.task).SETTINGS, spec.task_args, "task_args")
+
+    def prepare(self, spec: ExperimentSpec) -> None:
+        llm_task(spec.task).base_model_path(self.settings(spec))
 
     def run(self, spec: ExperimentSpec, job: Job, *, threads: int | None) -> RunResult:
         import torch
         from datasets import Dataset
         from transformers import PrinterCallback
-        from trl import GRPOTrainer
 
         from adrpo.experiments.engine import RunResult
+        from adrpo.llm.audio import AudioGRPOTrainer
         from adrpo.llm.callbacks import monitor_callback
         from adrpo.llm.trainer import ADRPOTrainer
-        from adrpo.rewards.text import checked, math_answer_reward
-        from adrpo.tasks.arithmetic import ArithmeticSettings, base_model_path, evaluation_callback, split_prompts
 
         if threads:
             torch.set_num_threads(threads)
-        settings = ArithmeticSettings(**spec.task_args)
-        path = base_model_path(settings)
-        train_rows, held_out = split_prompts(settings)
+        task = llm_task(spec.task)
+        settings = self.settings(spec)
+        path = task.base_model_path(settings)
+        train_rows, held_out = task.split_rows(settings)
         args = self.args(spec, job.configuration, job.seed, str(job.directory))
-        trainer_cls = ADRPOTrainer if job.configuration.overrides["trainer"] == "adrpo" else GRPOTrainer
+        trainer_cls = ADRPOTrainer if job.configuration.overrides["trainer"] == "adrpo" else AudioGRPOTrainer
         monitor = monitor_callback(spec.monitor)
-        evaluation = evaluation_callback(
+        evaluation = task.evaluation_callback(
             path, held_out[: spec.eval.get("prompts", 50)], steps=spec.eval.get("steps", 10), group=spec.eval.get("group", 8),
             max_new_tokens=args.max_completion_length, seed=1000 + job.seed, monitor=monitor,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            trainer = trainer_cls(model=str(path), reward_funcs=checked(math_answer_reward), args=args,
+            trainer = trainer_cls(model=str(path), reward_funcs=task.reward_funcs(), args=args,
                                   train_dataset=Dataset.from_list(train_rows),
                                   callbacks=[monitor, evaluation] if monitor else [evaluation])  # the monitor resets first
             trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; TRL's logs stay in log_history
@@ -185,4 +202,3 @@ class LLMBackend:
             alarms=None if monitor is None else [alarm.to_dict() for alarm in monitor.alarms],
             train_log=[{k: row.get(k) for k in keys} for row in logged],
         )
-

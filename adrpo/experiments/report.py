@@ -1,6 +1,7 @@
 """Tables, JSON and plots of a comparison: the paper's Table 1 layout, Figure 3 and Figure 4 analogs,
-and, through :mod:`adrpo.experiments.fronts` and :mod:`adrpo.experiments.grids`, the Pareto
-fronts and verdicts and the Figure 2 analog (image grid) of a sweep."""
+for the audio QA task its Table 2 and Table 3 layouts (accuracy per category), and, through
+:mod:`adrpo.experiments.fronts` and :mod:`adrpo.experiments.grids`, the Pareto fronts and verdicts and
+the Figure 2 analog (image grid) of a sweep."""
 
 from __future__ import annotations
 
@@ -113,6 +114,27 @@ def markdown_table(
     return "\n".join(lines)
 
 
+CATEGORY_METRICS: tuple[Metric, ...] = tuple((f"acc/{key}", key, True) for key in ("sound", "music", "speech", "total"))
+
+
+def category_tables(results: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """The Table 2 analog (accuracy per category and in total, every method and the base model) and the Table 3
+    analog (the adaptive configurations, e.g. ADRPO's clip ranges, with the base model) as markdown, and both as
+    {label: {category: {"mean", "std"}}} for the JSON. Values are percent at the last evaluation, mean ± sample
+    std over seeds."""
+    from adrpo.data.mmau import accuracy_table
+
+    table = final_metrics(results, CATEGORY_METRICS)
+    summary = {label: {key.removeprefix("acc/"): mean_std(values) for key, values in row.items()} for label, row in table.items()}
+    adaptive = {run["label"] for run in results["runs"] if run["role"] == "adaptive"}
+    ablation = {label: row for label, row in summary.items() if label == BASE_LABEL or label in adaptive}
+    seeds = len(table[BASE_LABEL]["acc/total"])
+    note = (f"\n\nAccuracy (%) on the held-out split at the last evaluation, mean ± sample std over {seeds} seeds; "
+            "Total is over all items.")
+    as_json = {label: {key: dict(zip(("mean", "std"), value)) for key, value in row.items()} for label, row in summary.items()}
+    return accuracy_table(summary) + note, accuracy_table(ablation) + note, as_json
+
+
 def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = None) -> Path:
     """Figure 3 analog: reward–diversity trajectories of one seed, then final reward, diversity, W2."""
     import matplotlib
@@ -205,7 +227,9 @@ def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
     - ``plot``: tradeoff.png (flow tasks) or trajectories.png (LLM tasks);
     - ``fronts`` and ``verdicts``: fronts.png and verdicts.md, with an adaptive and a baseline
       configuration;
-    - ``grid``: grid.png, the first seed's samples (flow tasks whose runs saved samples).
+    - ``grid``: grid.png, the first seed's samples (flow tasks whose runs saved samples);
+    - ``table2`` and ``table3``: table2.md and table3.md (audio QA: :func:`category_tables`, also appended to
+      table.md and in results.json under "categories").
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     kind = TASK_KINDS[results["spec"]["task"]]
@@ -232,6 +256,12 @@ def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
             paths["fronts"] = plot_fronts(points, analyses, output_dir / "fronts.png")
     else:
         extra["pareto"] = {"skipped": "needs at least one adaptive and one baseline configuration"}
+    if results["spec"]["task"] == "audio_qa":
+        table2, table3, extra["categories"] = category_tables(results)
+        paths["table2"], paths["table3"] = output_dir / "table2.md", output_dir / "table3.md"
+        paths["table2"].write_text(table2 + "\n")
+        paths["table3"].write_text(table3 + "\n")
+        text += f"\n## Accuracy per category (Table 2 layout)\n\n{table2}\n\n## Clip-range ablation (Table 3 layout)\n\n{table3}\n"
     if not llm:
         grid = write_grid(results, output_dir / "grid.png")
         if grid is not None:

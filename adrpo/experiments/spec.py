@@ -3,7 +3,7 @@
 A spec is a YAML mapping (see ``adrpo/configs/digits-quick.yaml``, ``arithmetic-quick.yaml``,
 ``digits-sweep.yaml``)::
 
-    task: digits                          # digits, text_to_image (flow) or arithmetic (LLM)
+    task: digits                          # digits, text_to_image (flow), arithmetic or audio_qa (LLM)
     task_args: {eval_samples: 32}
     trainer: {num_steps: 300, ...}        # shared trainer fields: FlowConfig, or ADRPOConfig/GRPOConfig
     eval: {steps: 50}                     # flow: {steps}; LLM: {steps, group, prompts}
@@ -32,7 +32,7 @@ from typing import Any
 from adrpo.errors import ConfigError
 from adrpo.settings import from_mapping
 
-TASK_KINDS = {"digits": "flow", "text_to_image": "flow", "arithmetic": "llm"}
+TASK_KINDS = {"digits": "flow", "text_to_image": "flow", "arithmetic": "llm", "audio_qa": "llm"}
 ROLES = ("adaptive", "baseline", "other")
 EXPANSION_KEYS = ("label", "family", "role", "grid", "points")
 # Flow methods by ``method``, LLM methods by ``trainer``.

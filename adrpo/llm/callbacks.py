@@ -1,4 +1,5 @@
-"""TRL/transformers callbacks: the training-collapse monitor of :mod:`adrpo.core.monitor`.
+"""TRL/transformers callbacks: the training-collapse monitor of :mod:`adrpo.core.monitor`, and a held-out
+evaluation every N steps (:class:`HeldOutEvaluation`).
 
 :class:`CollapseMonitorCallback` feeds every ``on_log`` dict (TRL's GRPOTrainer hands it
 ``reward``, ``kl``, ``entropy``, ``frac_reward_zero_std``, ``adrpo/frac_negative``, ... for
@@ -14,7 +15,7 @@ same rows and takes the same stop decision; only world process zero warns and wr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,28 @@ def monitor_callback(setting: Any = "warn") -> CollapseMonitorCallback | None:
     except ConfigError as err:
         raise ConfigError(f"monitor.thresholds: {err}") from err
     return None if policy == "off" else CollapseMonitorCallback(thresholds, policy=policy)
+
+
+class HeldOutEvaluation(TrainerCallback):
+    """``evaluate(model) -> metrics`` at step 0, every ``steps`` steps and at the end; the results, each with its
+    ``step``, in :attr:`trajectory`. Each evaluation is also fed to ``monitor`` (a :class:`CollapseMonitorCallback`)
+    with ``eval/`` keys."""
+
+    def __init__(self, evaluate: Callable[[Any], dict[str, float]], *, steps: int, monitor: CollapseMonitorCallback | None = None):
+        self.evaluate = evaluate
+        self.steps = steps
+        self.monitor = monitor
+        self.trajectory: list[dict[str, float]] = []
+
+    def _evaluate(self, state, control, model) -> None:
+        metrics = self.evaluate(model)
+        self.trajectory.append({"step": state.global_step, **metrics})
+        if self.monitor is not None:
+            self.monitor.observe({"step": state.global_step, **{f"eval/{k}": v for k, v in metrics.items()}}, control)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._evaluate(state, control, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.steps == 0 or state.global_step == state.max_steps:
+            self._evaluate(state, control, model)

@@ -44,7 +44,10 @@ class ArithmeticSettings:
         return settings_key(self, CACHE_VERSION)
 
 
-def split_prompts(settings: ArithmeticSettings) -> tuple[list[dict], list[dict]]:
+SETTINGS = ArithmeticSettings
+
+
+def split_rows(settings: ArithmeticSettings) -> tuple[list[dict], list[dict]]:
     """(train, held_out) rows {"prompt": "a+b=", "answer": "a+b"}, disjoint, fixed order."""
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(settings.max_operand) for b in range(settings.max_operand)]
     random.Random(settings.seed).shuffle(rows)
@@ -55,7 +58,7 @@ def pretrain(settings: ArithmeticSettings, path: Path) -> Path:
     """Noisy next-token pretraining of a tiny Qwen2 on the train prompts; saved to ``path``."""
     tokenizer = char_tokenizer(CHARS)
     model = tiny_causal_lm("qwen2", len(tokenizer), hidden=settings.hidden, layers=settings.layers, seed=settings.seed)
-    train, _ = split_prompts(settings)
+    train, _ = split_rows(settings)
     rng = random.Random(settings.seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
     model.train()
@@ -85,6 +88,12 @@ def base_model_path(settings: ArithmeticSettings, *, cache: str | Path | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         pretrain(settings, path)
     return path
+
+
+def reward_funcs() -> list:
+    from adrpo.rewards.text import checked, math_answer_reward
+
+    return [checked(math_answer_reward)]
 
 
 @torch.no_grad()
@@ -136,28 +145,15 @@ def evaluate_policy(model, reference, tokenizer, rows: list[dict], *, group: int
 
 def evaluation_callback(reference_path: Path, rows: list[dict], *, steps: int, group: int, max_new_tokens: int, seed: int,
                         monitor=None):
-    """A TrainerCallback that evaluates the policy at step 0, every ``steps`` and at the end;
-    each evaluation is also fed to ``monitor`` (a CollapseMonitorCallback) with ``eval/`` keys."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adrpo.llm.callbacks import HeldOutEvaluation
 
     reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(reference_path)
 
-    class HeldOutEvaluation(TrainerCallback):
-        def __init__(self):
-            self.trajectory: list[dict[str, float]] = []
+    def evaluate(model) -> dict[str, float]:
+        return evaluate_policy(model, reference.to(model.device), tokenizer, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
 
-        def _evaluate(self, state, control, model):
-            metrics = evaluate_policy(model, reference.to(model.device), tokenizer, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
-            self.trajectory.append({"step": state.global_step, **metrics})
-            if monitor is not None:
-                monitor.observe({"step": state.global_step, **{f"eval/{k}": v for k, v in metrics.items()}}, control)
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self._evaluate(state, control, model)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % steps == 0 or state.global_step == state.max_steps:
-                self._evaluate(state, control, model)
-
-    return HeldOutEvaluation()
+    return HeldOutEvaluation(evaluate, steps=steps, monitor=monitor)
