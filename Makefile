@@ -69,6 +69,7 @@ bench: install
 	$(PY) benchmarks/fm_step_time.py
 	$(PY) benchmarks/trainer_efficiency.py
 	$(PY) benchmarks/grpo_step_time.py
+	$(PY) benchmarks/audio_step_time.py
 	$(PY) benchmarks/lora_memory.py
 	$(PY) benchmarks/lora_memory.py --model flux
 

