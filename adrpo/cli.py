@@ -172,9 +172,10 @@ def cmd_grpo_train(args: argparse.Namespace) -> None:
     from adrpo.llm.recipe import build_trainer
 
     values = _config_values(args)
-    dataset = values.get("dataset")
-    if isinstance(dataset, dict) and "path" in dataset:
-        dataset["path"] = _relative_to_config(args, dataset["path"])
+    for key in ("dataset", "eval_dataset"):
+        dataset = values.get(key)
+        if isinstance(dataset, dict) and "path" in dataset:
+            dataset["path"] = _relative_to_config(args, dataset["path"])
     trainer = build_trainer(values)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     trainer.save_model()

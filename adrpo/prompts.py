@@ -10,10 +10,11 @@ text-to-image task.
     {format: mmau, path: mmau-test-mini.json}               #   (adrpo.data.mmau), audio column included
 
 Media columns (``image_column``, ``audio_column``) hold file paths, relative to the data file's folder
-or absolute; every file must exist. With a media column, string prompts become one user message,
-since TRL and :class:`adrpo.llm.audio.AudioGRPOTrainer` put images and audio into conversational
-prompts only. Images are decoded by ``datasets.Image`` when a row is read; audio paths stay paths,
-read with soundfile by the trainer.
+or absolute, and every file must exist; or, from the hub, ``datasets.Image`` / ``Audio`` values, kept
+as they are. With a media column, string prompts become one user message, since TRL and
+:class:`adrpo.llm.audio.AudioGRPOTrainer` put images and audio into conversational prompts only.
+Images are decoded by ``datasets.Image`` when a row is read; audio paths stay paths, read with
+soundfile by the trainer.
 """
 
 from __future__ import annotations
@@ -79,10 +80,18 @@ def _qa_rows(spec: dict[str, Any], field: str) -> list[dict[str, Any]]:
 def _with_media(dataset, columns: list[str], folder: Path, field: str):
     """``columns`` of file paths resolved against ``folder`` and checked; images decoded on access;
     string prompts turned into one user message."""
-    from datasets import Image
+    from datasets import Audio, Image
+
+    paths = []  # the columns of file paths; datasets' own Image / Audio columns decode themselves
+    for column in columns:
+        feature = dataset.features[column]
+        if getattr(feature, "dtype", None) in ("string", "large_string"):
+            paths.append(column)
+        elif not isinstance(feature, (Image, Audio)):
+            raise ConfigError(f"{field}: the {column} column must hold file paths or datasets Image/Audio values, got {feature}")
 
     def resolve(row: dict[str, Any], index: int) -> dict[str, Any]:
-        for column in columns:
+        for column in paths:
             value = row[column]
             if not isinstance(value, str):
                 raise ConfigError(f"{field}: row {index}: {column!r} must be a file path, got {type(value).__name__}")
@@ -95,4 +104,4 @@ def _with_media(dataset, columns: list[str], folder: Path, field: str):
         return row
 
     dataset = dataset.map(resolve, with_indices=True)
-    return dataset.cast_column("image", Image()) if "image" in columns else dataset
+    return dataset.cast_column("image", Image()) if "image" in paths else dataset

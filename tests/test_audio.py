@@ -20,7 +20,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from adrpo.errors import ConfigError
-from adrpo.llm.audio import AudioGRPOTrainer, load_clip, with_audio_part
+from adrpo.llm.audio import AudioGRPOTrainer, load_clip, numpy_audio, with_audio_part
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.tiny_audio import CHAT_TEMPLATE, audio_tokens, tiny_audio_lm, tiny_audio_processor
@@ -394,3 +394,41 @@ def test_a_batch_mixing_audio_and_text_rows_is_refused(audio_trainer):
 def test_audio_rows_on_a_text_model_are_refused(text_trainer):
     with pytest.raises(ConfigError, match="has no feature_extractor"):
         text_trainer._generate_and_score_completions(audio_inputs())
+
+
+def test_omni_thinker_of_a_full_checkpoint_trains_with_its_own_reference(models, tmp_path, monkeypatch):
+    """``omni-thinker:SOURCE``: the thinker of a whole Qwen2.5-Omni checkpoint, saved once, is what TRL loads for
+    the policy and rebuilds for the reference (the whole model's architecture would be loaded otherwise)."""
+    import transformers
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from adrpo.llm.models import resolve_model_path
+
+    _, processor = models["qwen2_5_omni"]
+    thinker = tiny_audio_lm(processor, family="qwen2_5_omni", seed=3)
+    whole = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False))
+    source = save_model_and_tokenizer(whole, processor.tokenizer, tmp_path / "omni")
+    # the tiny processor has no video processor (torchvision is not installed), so it cannot be saved or loaded:
+    # the conversion copies its tokenizer here; a hub checkpoint's processor loads and saves whole
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: processor.tokenizer)
+    folder = resolve_model_path(f"omni-thinker:{source}", tmp_path / "cache")
+    assert resolve_model_path(f"omni-thinker:{source}", tmp_path / "cache") == folder  # converted once
+    trainer = build(ADRPOTrainer, folder, trainer_args(tmp_path, cls=ADRPOConfig, max_steps=1), audio_rows(), processor=processor)
+    assert type(trainer.ref_model) is Qwen2_5OmniThinkerForConditionalGeneration
+    thinker_weights = {k.removeprefix("thinker."): v for k, v in whole.state_dict().items()}
+    assert all(torch.equal(v, thinker_weights[k]) for k, v in trainer.ref_model.state_dict().items())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert trainer.state.global_step == 1 and math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_audio_arrays_reach_the_trainer_as_numpy(models, tmp_path):
+    """Dataset.from_list stores clips as lists; read back as lists, accelerate would walk them sample by sample."""
+    path, _ = models["qwen2_audio"]
+    trainer = build(AudioGRPOTrainer, path, trainer_args(tmp_path), audio_rows())
+    row = trainer.train_dataset[0]
+    assert isinstance(row["audio"], np.ndarray) and row["audio"].dtype == np.float32
+    assert row["prompt"] == [{"role": "user", "content": "clip a"}]  # the other columns as before
+    paths = Dataset.from_list([{"prompt": "p", "audio": "a.wav"}])
+    assert numpy_audio(paths) is paths  # paths are left alone

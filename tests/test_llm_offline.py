@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from adrpo.llm.gguf import gguf_file_of, resolve_model_path
+from adrpo.llm.gguf import gguf_file_of
+from adrpo.llm.models import resolve_model_path
 from adrpo.prompts import load_prompt_dataset as load_prompts
 
 

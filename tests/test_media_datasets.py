@@ -120,3 +120,9 @@ def test_grpo_train_on_qwen2_audio_from_avqa_files(tmp_path, trained):
     assert_first_step(trainer)
     features = trainer._buffered_inputs[0]["input_features"]
     assert features.shape[0] == 4 and features.abs().sum() > 0
+
+
+def test_a_media_column_of_numbers_is_refused(tmp_path):
+    data = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "q", "img": 3}])
+    with pytest.raises(ConfigError, match="dataset: the image column must hold file paths or datasets Image/Audio values"):
+        load_prompt_dataset({"path": str(data), "image_column": "img"})

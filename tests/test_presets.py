@@ -327,6 +327,81 @@ def grpo_train_smollm2_on_tiny_llama(name: str, request) -> None:
     assert rewards and math.isfinite(rewards[0]["rewards/embedding_similarity/mean"])
 
 
+AUDIO_CHARS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ?'[],.:<>/")
+# the hub presets' batch and lengths, shrunk for a tiny stand-in on a CPU (the first optimizer step is what is checked)
+SMALL_ARGS = {"max_steps": 1, "use_cpu": True, "bf16": False, "gradient_checkpointing": False, "per_device_train_batch_size": 4,
+              "num_generations": 2, "max_completion_length": 8, "gradient_accumulation_steps": 1, "report_to": "none"}
+
+
+def small_args(tmp_path: Path) -> list[str]:
+    return [arg for key, value in {**SMALL_ARGS, "output_dir": str(tmp_path / "run")}.items() for arg in setting(f"args.{key}", value)]
+
+
+def grpo_train_audio_on_tiny_stand_in(name: str, request) -> None:
+    """grpo-qwen2-audio-7b-avqa / grpo-qwen2.5-omni-7b-avqa: the hub model -> a tiny model of its class (Qwen2-Audio;
+    a whole Qwen2.5-Omni checkpoint whose thinker `omni-thinker:` extracts), AVQA / MMAU files -> the synthetic
+    benchmark written in their formats; every file the preset names is read, the eval set included."""
+    import transformers
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from adrpo.data.synthetic_audio import write_benchmark
+    from adrpo.llm.tiny import save_model_and_tokenizer
+    from adrpo.llm.tiny_audio import tiny_audio_lm, tiny_audio_processor
+
+    trl_trainers = request.getfixturevalue("trl_trainers")
+    tmp_path = request.getfixturevalue("tmp_path")
+    values = preset(name)
+    train_file, test_file = write_benchmark(tmp_path / "bench", train=4, test=8)
+    if values["model_name_or_path"].startswith("omni-thinker:"):
+        processor = tiny_audio_processor(AUDIO_CHARS, family="qwen2_5_omni")
+        thinker = tiny_audio_lm(processor, family="qwen2_5_omni", hidden=16, audio_hidden=16)
+        whole = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False))
+        model = "omni-thinker:" + str(save_model_and_tokenizer(whole, processor.tokenizer, tmp_path / "omni"))
+        # the hub's processor: the tiny one cannot be saved or loaded without torchvision (its video processor)
+        request.getfixturevalue("monkeypatch").setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
+    else:
+        processor = tiny_audio_processor(AUDIO_CHARS)
+        model = str(save_model_and_tokenizer(tiny_audio_lm(processor, hidden=16, audio_hidden=16), processor, tmp_path / "qwen2-audio"))
+    cli.main(["grpo", "train", "--preset", name, *setting("model_name_or_path", model),
+              *setting("dataset", {**values["dataset"], "path": str(train_file)}),
+              *setting("eval_dataset", {**values["eval_dataset"], "path": str(test_file)}),
+              *setting("args.eval_steps", 1), *setting("args.per_device_eval_batch_size", 4),
+              *small_args(tmp_path)])
+    (trainer,) = trl_trainers
+    assert_trl_step_one(trainer)
+    assert "input_features" in trainer._buffered_inputs[0]
+    evaluated = [row for row in trainer.state.log_history if "eval_rewards/choice_accuracy_reward/mean" in row]
+    assert evaluated and math.isfinite(evaluated[0]["eval_rewards/choice_accuracy_reward/mean"])  # MMAU-format evaluation ran
+
+
+def grpo_train_vlm_on_tiny_llava(name: str, request) -> None:
+    """grpo-qwen2.5-vl-3b: Qwen2.5-VL -> a tiny LLaVA (Qwen2-VL's processor needs torchvision); the hub dataset ->
+    local rows with its columns (image, problem, solution) and image files."""
+    from PIL import Image
+
+    from adrpo.llm.tiny import save_model_and_tokenizer
+    from adrpo.llm.tiny_vlm import tiny_vlm, tiny_vlm_processor
+
+    trl_trainers = request.getfixturevalue("trl_trainers")
+    tmp_path = request.getfixturevalue("tmp_path")
+    dataset = preset(name)["dataset"]
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, rgb in enumerate([(255, 0, 0), (0, 0, 255)]):
+        Image.new("RGB", (28, 28), rgb).save(tmp_path / "img" / f"{i}.png")
+        rows.append({dataset["prompt_column"]: f"what is {i} + 1?", dataset["answer_column"]: f"<answer>{i + 1}</answer>",
+                     dataset["image_column"]: f"img/{i}.png"})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    processor = tiny_vlm_processor(list("abcdefghijklmnopqrstuvwxyz 0123456789+?<>/"))
+    model = save_model_and_tokenizer(tiny_vlm(processor), processor, tmp_path / "vlm")
+    local = {k: v for k, v in dataset.items() if k.endswith("_column")}
+    cli.main(["grpo", "train", "--preset", name, *setting("model_name_or_path", str(model)),
+              *setting("dataset", {"path": str(tmp_path / "data.jsonl"), **local}), *small_args(tmp_path)])
+    (trainer,) = trl_trainers
+    assert_trl_step_one(trainer)
+    assert "pixel_values" in trainer._buffered_inputs[0]
+
+
 class Driver(NamedTuple):
     command: tuple[str, ...]       # the `adrpo` sub-command the preset is for
     run: Callable[..., None]
@@ -350,6 +425,9 @@ PRESETS: dict[str, Driver] = {
     "flux-dev": Driver(("fm", "train"), fm_train_hub_pipeline_on_tiny_stand_in),
     "grpo-qwen2.5-0.5b": Driver(("grpo", "train"), grpo_train_gsm8k_on_tiny_qwen2),
     "grpo-smollm2": Driver(("grpo", "train"), grpo_train_smollm2_on_tiny_llama),
+    "grpo-qwen2-audio-7b-avqa": Driver(("grpo", "train"), grpo_train_audio_on_tiny_stand_in),
+    "grpo-qwen2.5-omni-7b-avqa": Driver(("grpo", "train"), grpo_train_audio_on_tiny_stand_in),
+    "grpo-qwen2.5-vl-3b": Driver(("grpo", "train"), grpo_train_vlm_on_tiny_llava),
 }
 
 

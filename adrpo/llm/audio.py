@@ -137,6 +137,22 @@ def _audio_payload(row: Mapping[str, Any], where: str) -> Any | None:
     return payloads[0] if payloads else None
 
 
+def numpy_audio(dataset: Any) -> Any:
+    """``dataset`` with its ``audio`` column read as numpy arrays when it stores plain lists of samples (a
+    ``datasets.Dataset`` without a format); anything else unchanged (``datasets.Audio`` columns decode to
+    arrays already). A mapping of datasets (TRL's several eval sets) is handled per entry."""
+    from datasets import Dataset
+
+    if isinstance(dataset, Mapping):
+        return {name: numpy_audio(d) for name, d in dataset.items()}
+    if not isinstance(dataset, Dataset) or AUDIO_COLUMN not in dataset.column_names or dataset.format["type"] is not None:
+        return dataset
+    feature = dataset.features[AUDIO_COLUMN]
+    if getattr(getattr(feature, "feature", None), "dtype", "").startswith(("float", "int")):
+        return dataset.with_format("numpy", columns=[AUDIO_COLUMN], output_all_columns=True)
+    return dataset
+
+
 @contextmanager
 def _audio_token_as_image_token(model, args) -> Iterator[None]:
     """For a model config with an audio token but no image token, ``config.image_token_id`` reads the audio
@@ -180,6 +196,10 @@ class AudioGRPOTrainer(GRPOTrainer):
     _audio_inputs: dict[str, torch.Tensor] | None = None  # the features of the rows being scored
 
     def __init__(self, model, *args, **kwargs):
+        # datasets hands array columns out as Python lists, which accelerate then walks float by float when it moves
+        # each batch to the device (39 of 46 s of a CPU miniature run): give the audio column out as numpy arrays
+        args = tuple(numpy_audio(a) if i in (2, 3) else a for i, a in enumerate(args))  # train_dataset, eval_dataset
+        kwargs = {k: numpy_audio(v) if k in ("train_dataset", "eval_dataset") else v for k, v in kwargs.items()}
         # TRL's __init__ suppresses `model.config.image_token_id` in sampling for every processor-based model;
         # Qwen2-Audio's config has no image token, and a sampled audio token would mismatch the audio features.
         with _audio_token_as_image_token(model, kwargs.get("args") or (args[1] if len(args) > 1 else None)):

