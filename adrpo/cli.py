@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -39,9 +40,26 @@ def list_presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in resources.files("adrpo").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: ``1e-3`` and ``5E+2`` are numbers, not the
+    strings YAML 1.1 makes of exponents without a dot (a learning rate would reach the trainer as text)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     with open(path) as handle:
-        values = yaml.safe_load(handle) or {}
+        values = parse_yaml(handle) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a YAML mapping")
     return values
@@ -59,7 +77,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw)
     return values
 
 

@@ -302,3 +302,13 @@ def test_a_run_not_configured_for_deepspeed_does_not_import_it(tmp_path, digits_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "deepspeed imported: False" in result.stdout
     assert "Setting accelerator" not in result.stderr and "Setting accelerator" not in result.stdout
+
+
+def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    """YAML 1.1 (PyYAML's default) reads 1e-3 as the string '1e-3'; a learning rate must not reach the trainer as text."""
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer: {learning_rate: 1e-3, beta: -4E-2, steps: 10, name: 1e, date: 2026-12-01}\n")
+    trainer = cli.load_yaml(path)["trainer"]
+    assert trainer["learning_rate"] == 0.001 and trainer["beta"] == -0.04 and trainer["steps"] == 10
+    assert trainer["name"] == "1e"  # not a number
+    assert cli.apply_overrides({}, ["trainer.learning_rate=6e-4"])["trainer"]["learning_rate"] == 6e-4
