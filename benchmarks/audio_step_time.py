@@ -19,7 +19,7 @@ rounds; a callback records each step's wall time (generation, scoring, loss, bac
 the first ``--warmup`` steps of every block are dropped, and the medians are compared. Printed:
 the audio/text ratio (reported, no target), then the adrpo/grpo ratio (target ≤ 1.02) as the last line.
 
-    .venv/bin/python benchmarks/audio_step_time.py            # ~75 s on one CPU thread
+    .venv/bin/python benchmarks/audio_step_time.py            # ~70 s on one CPU thread
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def prompt_lengths(trainer: AudioGRPOTrainer, rows: list[dict]) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per block")
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each block")
     parser.add_argument("--threads", type=int, default=1)

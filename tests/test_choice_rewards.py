@@ -117,3 +117,13 @@ def test_the_rewards_build_from_yaml_entries_and_are_checked():
     completions = ["<answer>B</answer>", "Woman"]
     assert accuracy(["p", "p"], completions, answer=["Woman", "Woman"], choices=[CHOICES, CHOICES]) == [1.0, 0.0]
     assert form(["p", "p"], completions) == [1.0, 0.0]
+
+
+def test_choice_accuracy_is_logged_per_category():
+    logged = {}
+    rewards = choice_accuracy_reward(
+        ["q"] * 4, ["<answer>a</answer>", "<answer>b</answer>", "<answer>a</answer>", "none"],
+        answer=["a", "a", "a", "b"], choices=[["a", "b"]] * 4, category=["sound", "sound", "music", None],
+        log_metric=lambda name, value: logged.__setitem__(name, value))
+    assert rewards == [1.0, 0.0, 1.0, 0.0]
+    assert logged == {"accuracy/music": 1.0, "accuracy/sound": 0.5}  # rows without a category are not counted

@@ -225,11 +225,18 @@ def test_bundled_presets_are_valid():
             args = {**values["args"], "bf16": False, "use_cpu": True}
             assert ADRPOConfig(**args).beta == 0.04
             continue
-        if name.startswith("arithmetic"):  # a `grpo compare` config: every method's TRL config builds
-            spec = ExperimentSpec.from_dict(values)
+        if values.get("task") in ("arithmetic", "audio_qa"):  # a `grpo compare` config: every method's TRL config builds
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                spec = ExperimentSpec.from_dict(values)
+                for configuration in spec.configurations():
+                    backend_for(spec).resolve(spec, configuration, seed=0)
             assert spec.kind == "llm" and {m["trainer"] for m in spec.methods} == {"grpo", "adrpo"}
-            for configuration in spec.configurations():
-                backend_for(spec).resolve(spec, configuration, seed=0)
+            # exactly the ADRPO configurations whose clip reaches above beta0 warn (negative coefficients)
+            above = [c.overrides["adv_clip_max"] for c in spec.configurations()
+                     if c.overrides.get("adv_clip_max", 0) > c.overrides.get("beta", spec.trainer.get("beta", 0.04))]
+            clip_warnings = [str(w.message).split(")")[0] for w in caught if str(w.message).startswith("adv_clip_max")]
+            assert clip_warnings == [f"adv_clip_max ({value}" for value in above]
             continue
         if "methods" not in values:  # a single-run `fm train` config
             assert set(values) <= {"task", "task_args", "trainer", "eval_steps"}

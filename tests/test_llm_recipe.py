@@ -106,9 +106,12 @@ def test_build_trainer_adrpo(model_path, jsonl, tmp_path):
     assert len(trainer.train_dataset) == len(ROWS)
 
 
-def test_build_trainer_grpo_is_stock_trl(model_path, jsonl, tmp_path):
+def test_build_trainer_grpo_is_trl_grpo_with_the_audio_path(model_path, jsonl, tmp_path):
+    """`trainer: grpo` is TRL's GRPOTrainer plus the audio path (stock TRL on text: tests/test_audio.py), fixed beta."""
+    from adrpo.llm.audio import AudioGRPOTrainer
+
     trainer = build(recipe(model_path, jsonl, tmp_path / "out", trainer="grpo"))
-    assert type(trainer) is GRPOTrainer
+    assert type(trainer) is AudioGRPOTrainer and isinstance(trainer, GRPOTrainer)
     assert not hasattr(trainer.args, "adv_clip_min")
 
 

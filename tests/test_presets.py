@@ -372,6 +372,7 @@ def grpo_train_audio_on_tiny_stand_in(name: str, request) -> None:
     assert "input_features" in trainer._buffered_inputs[0]
     evaluated = [row for row in trainer.state.log_history if "eval_rewards/choice_accuracy_reward/mean" in row]
     assert evaluated and math.isfinite(evaluated[0]["eval_rewards/choice_accuracy_reward/mean"])  # MMAU-format evaluation ran
+    assert {"eval_accuracy/sound", "eval_accuracy/music", "eval_accuracy/speech"} <= set(evaluated[0])  # and per category
 
 
 def grpo_train_vlm_on_tiny_llava(name: str, request) -> None:

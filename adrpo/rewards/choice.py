@@ -80,6 +80,8 @@ def matched_choices(tagged: str, choices: Sequence[str]) -> set[int]:
 def choice_accuracy_reward(prompts, completions, answer, choices, **kwargs) -> list[float]:
     """1.0 when the completion's last ``<answer>…</answer>`` names exactly one choice
     (:func:`matched_choices`) and it is the ``answer``, else 0.0 (no tag, no choice, or two).
+    With a ``category`` column (MMAU's sound / music / speech) it also logs the accuracy per
+    category through TRL's ``log_metric``.
 
     Raises:
         RewardError: a sample's ``choices`` is not a list of strings, or its ``answer`` is not
@@ -90,7 +92,22 @@ def choice_accuracy_reward(prompts, completions, answer, choices, **kwargs) -> l
         gold_index = _gold_index(gold, options, i, prompt)
         tagged = last_answer_tag(completion_text(completion))
         rewards.append(float(tagged is not None and matched_choices(tagged, options) == {gold_index}))
+    _log_category_accuracy(rewards, kwargs.get("category"), kwargs.get("log_metric"))
     return rewards
+
+
+def _log_category_accuracy(rewards: list[float], categories: Sequence[Any] | None, log_metric: Any) -> None:
+    """With a ``category`` column and TRL's ``log_metric``: the batch's accuracy per category as
+    ``accuracy/<category>`` (TRL averages each over processes and the logging interval; in evaluation
+    ``eval_accuracy/<category>``, the mean over evaluation batches)."""
+    if categories is None or log_metric is None:
+        return
+    by_category: dict[str, list[float]] = {}
+    for category, reward in zip(categories, rewards):
+        if category is not None:
+            by_category.setdefault(str(category), []).append(reward)
+    for category, values in sorted(by_category.items()):
+        log_metric(f"accuracy/{category}", sum(values) / len(values))
 
 
 def answer_format_reward(prompts, completions, **kwargs) -> list[float]:
