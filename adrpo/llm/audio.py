@@ -2,8 +2,13 @@
 
 TRL 1.16's GRPOTrainer knows images only: it keeps the ``image``/``images`` columns, and passes
 a fixed list of image arguments to its log-prob forward. :class:`AudioGRPOTrainer` adds audio
-with four small overrides and leaves every other part (sampling, rewards, advantages, the loss
+with small overrides and leaves every other part (sampling, rewards, advantages, the loss
 types, buffering, DDP/DeepSpeed) to TRL:
+
+- ``__init__`` (wrapped): audio columns stored as lists of samples are read as numpy arrays
+  (:func:`numpy_audio`; accelerate would walk a list sample by sample), and the model's audio token
+  is never sampled (TRL suppresses the image token only, and reads ``config.image_token_id``, which
+  Qwen2-Audio's config lacks, so it reads the audio token's id while TRL's ``__init__`` runs).
 
 - ``_set_signature_columns_if_needed``: the ``audio`` column survives ``remove_unused_columns``.
 - ``_generate_and_score_completions`` (wrapped): each row's clip is read (:func:`load_clip`) and
