@@ -432,3 +432,21 @@ def test_audio_arrays_reach_the_trainer_as_numpy(models, tmp_path):
     assert row["prompt"] == [{"role": "user", "content": "clip a"}]  # the other columns as before
     paths = Dataset.from_list([{"prompt": "p", "audio": "a.wav"}])
     assert numpy_audio(paths) is paths  # paths are left alone
+
+
+def test_audio_given_as_a_prompt_part_with_a_file_path(audio_trainer, tmp_path):
+    """No audio column: the clip is the payload of the prompt's audio part (a path, read with soundfile)."""
+    import soundfile
+
+    _, trainer = audio_trainer
+    for i in range(N_CLIPS):
+        soundfile.write(tmp_path / f"{i}.wav", clip(i), RATE, subtype="FLOAT")
+    rows = [{"prompt": [{"role": "user", "content": [{"type": "audio", "audio": str(tmp_path / f"{i}.wav")},
+                                                     {"type": "text", "text": f"clip {'abcd'[i]}"}]}]}
+            for i in range(N_CLIPS) for _ in range(4)]
+    trainer.model.train()
+    torch.manual_seed(10)
+    batch = trainer._generate_and_score_completions(rows)
+    for row in range(len(rows)):
+        features, _ = expected_features(trainer, clip_of(trainer, batch["prompt_ids"][row]))
+        torch.testing.assert_close(batch["input_features"][row], features)
