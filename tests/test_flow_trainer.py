@@ -17,7 +17,7 @@ import torch
 from adrpo.flow import checkpointing
 from adrpo.flow.config import METHODS
 from adrpo.flow.sampler import sample_euler
-from adrpo.flow.trainer import FlowTrainer
+from adrpo.flow.trainer import FlowTrainer, set_training
 from conftest import PROMPTS, fixed_noise, make_config, params_of, target_reward, tiny_model
 
 # Per-method settings under which 40 steps move the reward clearly. ORW's raw exp(0.5·r)
@@ -352,6 +352,37 @@ def test_sampling_weights_swap_in_the_snapshot_and_restore_the_policy_exactly(tm
     for name, param in trainer.trainable.items():
         assert torch.equal(param, policy[name]), name
         assert torch.equal(trainer.state.snapshot[name], snapshot[name]), name
+
+
+# ----------------------------------------------------------------- per-step shortcuts
+def test_set_training_switches_every_module_and_keeps_an_overridden_train():
+    class Counted(torch.nn.Linear):
+        switches = 0
+
+        def train(self, mode: bool = True):
+            self.switches += 1
+            return super().train(mode)
+
+    for model in (tiny_model(), torch.nn.Sequential(torch.nn.Linear(2, 2), Counted(2, 2))):
+        set_training(model, False)
+        assert not any(m.training for m in model.modules())
+        set_training(model, True)
+        assert all(m.training for m in model.modules())
+    assert model[1].switches == 2  # through nn.Module.train, not the loop
+
+
+def test_encode_prompts_parses_each_distinct_prompt_once(monkeypatch):
+    model = tiny_model()
+    parsed = []
+    parse = model._parse
+    monkeypatch.setattr(model, "_parse", lambda prompt: parsed.append(prompt) or parse(prompt))
+    first = model.encode_prompts(["a x", "b y", "a x"])
+    assert first.tolist() == [[0, 0], [1, 1], [0, 0]]
+    assert torch.equal(model.encode_prompts(["b y", "a x"]), first[1:])
+    assert parsed == ["a x", "b y"]
+    for _ in range(2):  # a refused prompt is not remembered
+        with pytest.raises(ValueError, match="names 2 words of factor 0"):
+            model.encode_prompts(["a b x"])
 
 
 # ----------------------------------------------------------------- LoRA

@@ -61,6 +61,33 @@ Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 Embedder = Callable[[torch.Tensor], torch.Tensor]
 
 
+def set_training(model: nn.Module, mode: bool) -> None:
+    """Put ``model`` and all its submodules in training (True) or evaluation (False) mode, as
+    ``model.train()`` and ``model.eval()`` do.
+
+    Where no module overrides ``train``, ``eval`` or ``__setattr__``, those calls only set each
+    module's ``training`` flag, recursing through ``Module.__setattr__``; one loop over the modules
+    does the same in under half the time, about 0.1 ms less per step of the digits model, whose
+    sampler switches to evaluation and back. Otherwise (peft's DoRA layers and transformers'
+    models override ``train``) the model's own method runs.
+    """
+    modules = list(model.modules())
+    if not all(map(_only_sets_the_flag, modules)):
+        if mode:
+            model.train()
+        else:
+            model.eval()
+        return
+    for module in modules:
+        object.__setattr__(module, "training", mode)  # all Module.__setattr__ does with a bool
+
+
+def _only_sets_the_flag(module: nn.Module) -> bool:
+    """Whether ``module.train(mode)`` and ``module.eval()`` only set ``training`` and recurse."""
+    cls = type(module)
+    return cls.train is nn.Module.train and cls.eval is nn.Module.eval and cls.__setattr__ is nn.Module.__setattr__
+
+
 class FlowTrainer:
     """Online RL fine-tuning of a velocity model against a reward.
 
@@ -213,7 +240,7 @@ class FlowTrainer:
     ) -> torch.Tensor:
         model = self.policy
         was_training = model.training
-        model.eval()
+        set_training(model, False)
         net = self.reference if use_reference and self.reference is not None else model
         num_steps = num_steps or self.config.sampling_steps
         settings = dict(
@@ -221,10 +248,11 @@ class FlowTrainer:
             guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
             grid=self.time_grid(num_steps),
         )
-        with self.reference_context() if use_reference else nullcontext():
-            out = self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
-        model.train(was_training)
-        return out
+        try:
+            with self.reference_context() if use_reference else nullcontext():
+                return self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
+        finally:  # a sampling error must not leave the policy in evaluation mode
+            set_training(model, was_training)
 
     def time_grid(self, num_steps: int) -> torch.Tensor:
         """(num_steps + 1,) sampling times: shifted by the config's ``time_shift`` when set, else

@@ -44,6 +44,7 @@ STYLES = ("bold", "thin")
 PROMPTS = tuple(f"a {style} {digit}" for digit in DIGIT_WORDS for style in STYLES)
 HELD_OUT = ("a bold zero", "a thin three", "a bold four", "a thin seven", "a bold eight", "a thin nine")
 TRAIN_PROMPTS = tuple(p for p in PROMPTS if p not in HELD_OUT)
+PROMPT_INDEX = {p: i for i, p in enumerate(PROMPTS)}  # prompt -> its index into PROMPTS
 CACHE_VERSION = 1
 
 
@@ -65,11 +66,10 @@ def load_digit_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def prompt_ids(prompts: Sequence[str]) -> torch.Tensor:
     """N prompts -> (N,) indices into :data:`PROMPTS`; an unknown prompt is refused by name."""
-    index = {p: i for i, p in enumerate(PROMPTS)}
-    missing = [p for p in prompts if p not in index]
+    missing = [p for p in prompts if p not in PROMPT_INDEX]
     if missing:
         raise ValueError(f"prompt {missing[0]!r} is not a digits prompt; expected one of {list(PROMPTS)}")
-    return torch.tensor([index[p] for p in prompts], dtype=torch.long)
+    return torch.tensor([PROMPT_INDEX[p] for p in prompts], dtype=torch.long)
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:

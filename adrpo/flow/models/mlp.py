@@ -60,6 +60,7 @@ class MLPVelocityModel(nn.Module):
         self.vocab = [list(words) for words in vocab]
         self.config = {"data_dim": data_dim, "vocab": self.vocab, "width": width, "depth": depth, "time_dim": time_dim}
         self.time_dim = time_dim
+        self._ids: dict[str, tuple[int, ...]] = {}  # prompt -> ids, filled by encode_prompts
         self.embeddings = nn.ModuleList(nn.Embedding(len(words) + 1, width) for words in self.vocab)
         self.proj_in = nn.Linear(data_dim + time_dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
@@ -76,18 +77,23 @@ class MLPVelocityModel(nn.Module):
         return self.proj_out(nn.functional.silu(self.norm_out(h)))
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """N prompts -> (N, F) long ids; a prompt naming two words of one factor is refused."""
-        ids = []
-        for prompt in prompts:
-            words = set(re.findall(r"[a-z]+", prompt.lower()))
-            row = []
-            for factor, vocab in enumerate(self.vocab):
-                hits = [i for i, word in enumerate(vocab) if word in words]
-                if len(hits) > 1:
-                    raise ValueError(f"prompt {prompt!r} names {len(hits)} words of factor {factor}: {[vocab[i] for i in hits]}")
-                row.append(hits[0] if hits else len(vocab))
-            ids.append(row)
-        return torch.tensor(ids, dtype=torch.long, device=self.proj_in.weight.device)
+        """N prompts -> (N, F) long ids; a prompt naming two words of one factor is refused.
+
+        Each distinct prompt is parsed once (a step encodes the same few prompts again and again)."""
+        rows = [self._ids[prompt] if prompt in self._ids else self._parse(prompt) for prompt in prompts]
+        return torch.tensor(rows, dtype=torch.long, device=self.proj_in.weight.device)
+
+    def _parse(self, prompt: str) -> tuple[int, ...]:
+        """One prompt's (F,) ids, remembered in ``self._ids``."""
+        words = set(re.findall(r"[a-z]+", prompt.lower()))
+        row = []
+        for factor, vocab in enumerate(self.vocab):
+            hits = [i for i, word in enumerate(vocab) if word in words]
+            if len(hits) > 1:
+                raise ValueError(f"prompt {prompt!r} names {len(hits)} words of factor {factor}: {[vocab[i] for i in hits]}")
+            row.append(hits[0] if hits else len(vocab))
+        self._ids[prompt] = tuple(row)
+        return self._ids[prompt]
 
     def null_condition(self, n: int) -> torch.Tensor:
         """(n, F) null ids."""
