@@ -24,18 +24,17 @@ the audio/text ratio (reported, no target), then the adrpo/grpo ratio (target â‰
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
-import time
 import warnings
 
 import numpy as np
 import torch
 from _common import git_commit, machine
+from _trl import StepTimer, trl_step_parser
 from datasets import Dataset
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 from trl import GRPOConfig
 
 from adrpo.llm.audio import AudioGRPOTrainer, with_audio_part
@@ -48,18 +47,6 @@ RATE = 16000
 N_CLIPS = 8
 CHARS = list("abcdefghijklmnopqrstuvwxyz :?")
 FILLER = "z"  # pads the text-only questions to the audio prompts' token count
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def vowel_reward(completions, **kwargs):
@@ -90,13 +77,7 @@ def prompt_lengths(trainer: AudioGRPOTrainer, rows: list[dict]) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per block")
-    parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each block")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    opts = parser.parse_args()
+    opts = trl_step_parser(__doc__, rounds=20).parse_args()
     torch.set_num_threads(opts.threads)
     warnings.simplefilter("ignore")
 

@@ -12,17 +12,16 @@ steps of every block are dropped, and the medians are compared.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
-import time
 import warnings
 
 import torch
 from _common import git_commit, machine
+from _trl import StepTimer, trl_step_parser
 from datasets import Dataset
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from adrpo.llm.config import ADRPOConfig
@@ -30,30 +29,12 @@ from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal
 from adrpo.llm.trainer import ADRPOTrainer
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
-
-
 def digit_count_reward(completions, **kwargs):
     return [float(c.count("7")) for c in completions]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per block")
-    parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each block")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    opts = parser.parse_args()
+    opts = trl_step_parser(__doc__, rounds=6).parse_args()
     torch.set_num_threads(opts.threads)
     warnings.simplefilter("ignore")
 
