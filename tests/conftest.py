@@ -88,6 +88,23 @@ def digits_task(digits_cache):
     return DigitsTask(PretrainSettings(**TINY_SETTINGS), eval_samples=4, eval_sampling_steps=4, cache=digits_cache)
 
 
+@pytest.fixture
+def trl_trainers(monkeypatch) -> list:
+    """Every transformers/TRL trainer (GRPOTrainer, ADRPOTrainer, ...) whose train() ran in this process."""
+    import transformers
+
+    seen = []
+    real_train = transformers.Trainer.train
+
+    def train(self, *args, **kwargs):
+        out = real_train(self, *args, **kwargs)
+        seen.append(self)
+        return out
+
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def _no_home_cache(monkeypatch, tmp_path):
     """Nothing a test does may train into or read from ~/.cache/adrpo."""

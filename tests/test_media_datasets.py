@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import transformers
 import yaml
 from PIL import Image
 
@@ -66,21 +65,6 @@ def test_avqa_and_mmau_formats(tmp_path):
         load_prompt_dataset({"format": "csv", "path": str(test_file)})
 
 
-@pytest.fixture
-def trained(monkeypatch) -> list:
-    """Every transformers Trainer whose train() ran in this process."""
-    seen = []
-    real_train = transformers.Trainer.train
-
-    def train(self, *args, **kwargs):
-        out = real_train(self, *args, **kwargs)
-        seen.append(self)
-        return out
-
-    monkeypatch.setattr(transformers.Trainer, "train", train)
-    return seen
-
-
 def grpo_train(tmp_path: Path, model: Path, dataset: dict, rewards: list[dict], trainer: str) -> None:
     config = {
         "model_name_or_path": str(model), "trainer": trainer, "dataset": dataset, "rewards": rewards, "monitor": "off",
@@ -98,24 +82,24 @@ def assert_first_step(trainer) -> None:
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
-def test_grpo_train_on_a_vlm_from_an_image_file(tmp_path, image_file, trained):
+def test_grpo_train_on_a_vlm_from_an_image_file(tmp_path, image_file, trl_trainers):
     processor = tiny_vlm_processor(CHARS)
     model = save_model_and_tokenizer(tiny_vlm(processor), processor, tmp_path / "vlm")
     grpo_train(tmp_path, model, {"path": str(image_file), "prompt_column": "question", "image_column": "file"},
                [{"type": "format", "pattern": ".*"}], "adrpo")
-    (trainer,) = trained
+    (trainer,) = trl_trainers
     assert_first_step(trainer)
     assert "pixel_values" in trainer._buffered_inputs[0]
 
 
-def test_grpo_train_on_qwen2_audio_from_avqa_files(tmp_path, trained):
+def test_grpo_train_on_qwen2_audio_from_avqa_files(tmp_path, trl_trainers):
     train_file, _ = write_benchmark(tmp_path / "bench", train=4, test=1)
     processor = tiny_audio_processor(CHARS)
     model = save_model_and_tokenizer(tiny_audio_lm(processor), processor, tmp_path / "audio-lm")
     grpo_train(tmp_path, model, {"format": "avqa", "path": str(train_file)},
                [{"type": "callable", "path": "adrpo.rewards.choice:choice_accuracy_reward"},
                 {"type": "callable", "path": "adrpo.rewards.choice:answer_format_reward", "weight": 0.5}], "grpo")
-    (trainer,) = trained
+    (trainer,) = trl_trainers
     assert type(trainer).__name__ == "AudioGRPOTrainer"
     assert_first_step(trainer)
     features = trainer._buffered_inputs[0]["input_features"]

@@ -97,23 +97,6 @@ def assert_parameters_moved(flow_trainers: list[tuple]) -> None:
     assert changed, "no trainable parameter changed in the first optimizer step"
 
 
-@pytest.fixture
-def trl_trainers(monkeypatch) -> list:
-    """Every TRL trainer (GRPOTrainer, ADRPOTrainer) whose train() ran in this process."""
-    import transformers
-
-    seen = []
-    real_train = transformers.Trainer.train
-
-    def train(self, *args, **kwargs):
-        out = real_train(self, *args, **kwargs)
-        seen.append(self)
-        return out
-
-    monkeypatch.setattr(transformers.Trainer, "train", train)
-    return seen
-
-
 def assert_trl_step_one(trainer) -> None:
     assert trainer.state.global_step == 1
     # "loss" every logging_steps; "train_loss" (the run's mean) in the last row when no step was logged
