@@ -131,14 +131,19 @@ def test_text_tokenize_prompts_equals_stock(text_trainer):
     assert text_trainer._audio_inputs is None
 
 
+def sequences(batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A generated batch's (B, P + C) prompt-and-completion ids, their attention mask, and C."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    return ids, mask, batch["completion_ids"].size(1)
+
+
 def test_text_logps_and_loss_equal_stock(text_trainer):
     trainer = text_trainer
     trainer.model.train()
     torch.manual_seed(4)
     inputs = trainer._generate_and_score_completions(text_inputs())
-    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-    keep = inputs["completion_ids"].size(1)
+    ids, mask, keep = sequences(inputs)
     with torch.no_grad():
         ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
         stock = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
@@ -229,9 +234,7 @@ def test_audio_logps_equal_a_direct_forward(audio_trainer):
     trainer.model.train()
     torch.manual_seed(7)
     batch = trainer._generate_and_score_completions(audio_inputs())
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    keep = batch["completion_ids"].size(1)
+    ids, mask, keep = sequences(batch)
     features = {k: batch[k] for k in ("input_features", "feature_attention_mask")}
     with torch.no_grad(), trainer._scoring_audio(features):
         logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)

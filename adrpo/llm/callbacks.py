@@ -108,3 +108,14 @@ class HeldOutEvaluation(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.steps == 0 or state.global_step == state.max_steps:
             self._evaluate(state, control, model)
+
+
+def policy_evaluation(evaluate_policy: Callable[..., dict[str, float]], reference, processing, rows: list, *, steps: int, group: int,
+                      max_new_tokens: int, seed: int, monitor: CollapseMonitorCallback | None = None) -> HeldOutEvaluation:
+    """A :class:`HeldOutEvaluation` of a task's ``evaluate_policy(model, reference, processing, rows, *, group,
+    max_new_tokens, seed)``, the reference moved to the policy's device at each evaluation."""
+
+    def evaluate(model) -> dict[str, float]:
+        return evaluate_policy(model, reference.to(model.device), processing, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
+
+    return HeldOutEvaluation(evaluate, steps=steps, monitor=monitor)

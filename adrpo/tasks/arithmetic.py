@@ -148,12 +148,10 @@ def evaluation_callback(reference_path: Path, rows: list[dict], *, steps: int, g
     """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adrpo.llm.callbacks import HeldOutEvaluation
+    from adrpo.llm.callbacks import policy_evaluation
 
     reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(reference_path)
 
-    def evaluate(model) -> dict[str, float]:
-        return evaluate_policy(model, reference.to(model.device), tokenizer, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
-
-    return HeldOutEvaluation(evaluate, steps=steps, monitor=monitor)
+    return policy_evaluation(evaluate_policy, reference, tokenizer, rows, steps=steps, group=group, max_new_tokens=max_new_tokens,
+                             seed=seed, monitor=monitor)

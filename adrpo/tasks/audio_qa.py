@@ -213,12 +213,10 @@ def evaluation_callback(reference_path: Path, rows: list[dict[str, Any]], *, ste
     """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    from adrpo.llm.callbacks import HeldOutEvaluation
+    from adrpo.llm.callbacks import policy_evaluation
 
     reference = Qwen2AudioForConditionalGeneration.from_pretrained(reference_path).eval()
     processor = AutoProcessor.from_pretrained(reference_path)
 
-    def evaluate(model) -> dict[str, float]:
-        return evaluate_policy(model, reference.to(model.device), processor, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)
-
-    return HeldOutEvaluation(evaluate, steps=steps, monitor=monitor)
+    return policy_evaluation(evaluate_policy, reference, processor, rows, steps=steps, group=group, max_new_tokens=max_new_tokens,
+                             seed=seed, monitor=monitor)
