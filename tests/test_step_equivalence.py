@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 
 from adrpo.flow import engine
+from adrpo.flow import trainer as trainer_module
 from adrpo.flow.trainer import FlowTrainer
 from conftest import PROMPTS, make_config, target_reward, tiny_model
 
@@ -103,8 +104,8 @@ def embed(samples: torch.Tensor) -> torch.Tensor:
     return samples[:, :2] * 2.0
 
 
-def build(tmp_path, case: str) -> FlowTrainer:
-    overrides = dict(CASES[case])
+def build(tmp_path, case: str, **extra) -> FlowTrainer:
+    overrides = {**CASES[case], **extra}
     diversity = overrides.pop("diversity", False)
     config = make_config(tmp_path / case, num_steps=STEPS, **overrides)
     return FlowTrainer(config, tiny_model(), target_reward, PROMPTS, diversity_fn=embed if diversity else None,
@@ -141,6 +142,17 @@ def test_torch_calls_match_accelerates_wrappers_bit_for_bit(tmp_path, case, monk
     wrapped = build(tmp_path / "wrapped", case)
     assert wrapped.calls.optimizer is wrapped.optimizer
     assert digests(direct) == digests(wrapped)
+
+
+@pytest.mark.parametrize("case", ["adrpo", "adrpo_lora_refresh_micro", "flow_dpo"])
+def test_multi_tensor_adamw_matches_the_per_parameter_loop_bit_for_bit(tmp_path, case, monkeypatch):
+    multi = build(tmp_path / "multi", case, weight_decay=0.01)
+    assert multi.calls.optimizer.defaults["foreach"] is True
+    monkeypatch.setattr(trainer_module, "adamw", lambda params, config: torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False))
+    loop = build(tmp_path / "loop", case, weight_decay=0.01)
+    assert loop.calls.optimizer.defaults["foreach"] is False
+    assert digests(multi) == digests(loop)
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,18 @@ def check_trainable_precision(params: list[nn.Parameter], accelerator: Accelerat
                       f"small updates away; {fix}")
 
 
+def adamw(params: list[nn.Parameter], config: FlowConfig) -> torch.optim.AdamW:
+    """torch's AdamW with the config's learning rate and weight decay, on its multi-tensor
+    (``foreach``) implementation on every device.
+
+    torch picks that implementation by itself on CUDA only; on a CPU it loops over the parameters
+    in Python, a dozen dispatched ops each: 1.4 ms against 0.8 ms per step of the digits model's
+    20 tensors. The update is elementwise and the multi-tensor ops run the same kernels per tensor,
+    so every weight is bit for bit what the loop gives (``tests/test_step_equivalence.py``).
+    """
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True)
+
+
 def configure_deepspeed(accelerator: Accelerator, config: FlowConfig) -> None:
     """Fill what DeepSpeed needs and cannot infer without a dataloader: the micro-batch size,
     and gradient clipping from ``max_grad_norm`` where the DeepSpeed config leaves it "auto"."""
@@ -123,8 +135,15 @@ def clip_grad_norm_(parameters: list[nn.Parameter], max_norm: float) -> torch.Te
     torch documents clip_grad_norm_ as get_total_norm followed by clip_grads_with_norm_, which
     multiplies every gradient by min(max_norm / (norm + 1e-6), 1): by 1.0, which changes no bit,
     unless the minimum is below 1. Skipping it saves ~0.08 ms per step of the digits model on a CPU.
+    There the norm is also taken by one multi-tensor call (the same kernel per gradient, so the
+    same bits) instead of get_total_norm's loop.
     """
-    total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if grads and all(g.device.type == "cpu" for g in grads):
+        # get_total_norm's own loop on a CPU: one norm per gradient in Python, 35 µs more for 20 tensors
+        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    else:
+        total_norm = torch.nn.utils.get_total_norm(grads)
     # != rather than <: a NaN norm makes every gradient NaN in torch's clip, and so here
     if total_norm.device.type != "cpu" or torch.clamp(max_norm / (total_norm + 1e-6), max=1.0).item() != 1.0:
         torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)

@@ -43,6 +43,7 @@ from adrpo.flow import checkpointing, resume
 from adrpo.flow.callbacks import FlowCallback, stop_agreed, with_default_monitor
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.engine import (
+    adamw,
     check_trainable_precision,
     check_whole_parameters,
     configure_deepspeed,
@@ -150,7 +151,7 @@ class FlowTrainer:
             self.reference = copy.deepcopy(model).requires_grad_(False).eval().to(self.accelerator.device)
         params = [p for p in model.parameters() if p.requires_grad]
         check_trainable_precision(params, self.accelerator, lora_rank=config.lora_rank)
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = adamw(params, config)
         configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.calls = step_calls(self.accelerator, self.optimizer)
