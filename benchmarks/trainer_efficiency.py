@@ -37,7 +37,7 @@ timed alone and medians over all timed calls are reported.
 10.0× the pretrained model's 0.24 M parameters), ``--prompts-per-step`` and ``--group-size``
 a larger batch.
 
-Run (about 45 s on one idle CPU thread; the first run of the digits task pretrains and caches
+Run (about 35 s on one idle CPU thread; the first run of the digits task pretrains and caches
 its models for ~45 s more)::
 
     .venv/bin/python benchmarks/trainer_efficiency.py
