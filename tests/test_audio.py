@@ -20,7 +20,8 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from adrpo.errors import ConfigError
-from adrpo.llm.audio import AudioGRPOTrainer, load_clip, numpy_audio, with_audio_part
+from adrpo.llm import audio
+from adrpo.llm.audio import AudioGRPOTrainer, load_clip, numpy_audio, share_repeated_clips, with_audio_part
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.tiny_audio import CHAT_TEMPLATE, audio_tokens, tiny_audio_lm, tiny_audio_processor
@@ -220,6 +221,52 @@ def test_audio_features_reach_every_row(audio_trainer):
         features, mask = expected_features(trainer, clip_of(trainer, batch["prompt_ids"][row]))
         torch.testing.assert_close(batch["input_features"][row], features)
         assert torch.equal(batch["feature_attention_mask"][row].long(), mask.long())
+
+
+def test_each_distinct_clip_is_extracted_once_and_the_batch_is_unchanged(audio_trainer, monkeypatch):
+    """Rows as TRL's dataloader gives them (G equal but separate arrays per prompt): the extractor sees each clip
+    once, and the batch equals the one made extracting every copy, bit for bit."""
+    family, trainer = audio_trainer
+    extractor = trainer.processing_class.feature_extractor
+    seen: list[int] = []
+    extract = type(extractor).__call__
+    monkeypatch.setattr(type(extractor), "__call__", lambda self, raw, *a, **k: seen.append(len(raw)) or extract(self, raw, *a, **k))
+    rows = [{**row, "audio": row["audio"].copy()} for row in audio_inputs()]
+
+    def batch():
+        trainer.model.train()
+        torch.manual_seed(11)
+        return trainer._generate_and_score_completions(rows)
+
+    once = batch()
+    assert seen == [N_CLIPS] and trainer.processing_class.feature_extractor is extractor  # restored after the call
+    monkeypatch.setattr(audio, "share_repeated_clips", lambda clips: clips)  # every copy its own object: extracted each
+    every = batch()
+    assert seen == [N_CLIPS, 4 * N_CLIPS]
+    for key in ("prompt_ids", "completion_ids", "input_features", "feature_attention_mask"):
+        assert torch.equal(once[key], every[key]), key
+
+
+def test_share_repeated_clips_makes_runs_of_equal_clips_one_object():
+    a, b = clip(0), clip(1)
+    shared = share_repeated_clips([a, a.copy(), b, b.copy(), b.copy(), a.copy(), clip(0)[:-1]])
+    assert [x is a for x in shared] == [True, True, False, False, False, False, False]
+    assert shared[2] is b and shared[3] is b and shared[4] is b  # each run of equal clips: its first array
+    assert shared[5] is not a and np.array_equal(shared[5], a)  # not next to an equal clip: kept as given
+
+
+@pytest.mark.parametrize("tensors", ["pt", "np", None])
+def test_once_per_clip_extractor_repeats_rows_exactly(models, tensors):
+    extractor = models["qwen2_audio"][1].feature_extractor
+    a, b = clip(0), clip(2)
+    kwargs = dict(sampling_rate=RATE, return_attention_mask=True, padding="max_length", return_tensors=tensors)
+    once = audio._OncePerClip(extractor)([a, a, b, a], **kwargs)
+    every = extractor([a, a.copy(), b, a.copy()], **kwargs)
+    assert once.keys() == every.keys()
+    for key in every:
+        assert type(once[key]) is type(every[key]), key
+        assert np.array_equal(np.asarray(once[key]), np.asarray(every[key])), key
+    assert audio._OncePerClip(extractor).sampling_rate == extractor.sampling_rate
 
 
 def direct_logps(model, ids, mask, features, keep):
