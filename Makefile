@@ -70,6 +70,7 @@ bench: install
 	$(PY) benchmarks/trainer_efficiency.py
 	$(PY) benchmarks/grpo_step_time.py
 	$(PY) benchmarks/audio_step_time.py
+	$(PY) benchmarks/audio_features.py
 	$(PY) benchmarks/lora_memory.py
 	$(PY) benchmarks/lora_memory.py --model flux
 

@@ -147,11 +147,12 @@ def share_repeated_clips(clips: list[np.ndarray]) -> list[np.ndarray]:
 class _OncePerClip:
     """A feature extractor that runs once per distinct clip object of a batch and repeats the rows.
 
-    Qwen2-Audio's and the Omni thinker's processors pad every clip to the extractor's fixed length
-    (``padding="max_length"``), and Whisper's features of a clip depend on that clip alone, so the
-    repeated rows are bit for bit those of extracting every copy (``tests/test_audio.py``): 32
-    thirty-second clips holding 4 distinct ones take 44 instead of 680 ms on one CPU core.
-    Every other attribute is the wrapped extractor's.
+    transformers' audio feature extractors compute each clip's features from that clip alone; the
+    one batch-wide choice, the padded length, is the extractor's fixed window for Qwen2-Audio's and
+    the Omni thinker's processors (``padding="max_length"``) and otherwise the longest clip's, which
+    the distinct clips include. So the repeated rows are bit for bit those of extracting every copy
+    (``tests/test_audio.py``); ``benchmarks/audio_features.py`` times the saving. Every other
+    attribute is the wrapped extractor's.
     """
 
     def __init__(self, extractor: Any):
