@@ -92,9 +92,19 @@ def test_w2_bound_fires_at_the_first_row_past_it():
 
 
 def test_kl_bound_on_trl_eval_keys():
-    rows = [{"step": s, "eval_kl": k, "eval_reward": 0.3} for s, k in ((10, 0.0), (20, 0.2), (30, 0.6))]
+    rows = [{"step": s, "eval_kl": k, "eval_reward": 0.3} for s, k in ((10, 0.0), (20, 0.6), (30, 0.7), (40, 0.55), (50, 0.8))]
     alarm = only(detect(rows))
-    assert (alarm.rule, alarm.metric, alarm.step, alarm.value, alarm.threshold) == ("kl_bound", "eval_kl", 30, 0.6, 0.5)
+    assert (alarm.rule, alarm.metric, alarm.step, alarm.value, alarm.threshold) == ("kl_bound", "eval_kl", 40, 0.55, 0.5)
+    assert alarm.message == "kl_bound at step 40: eval_kl = 0.55 > kl_max = 0.5 in 3 consecutive logged rows"
+
+
+def test_kl_bound_ignores_a_spike_of_fewer_than_kl_rows_rows():
+    # the audio QA miniature's healthy runs: one batch's KL crosses the bound early, then falls back
+    kl = [0.0, 0.1, 0.68, 0.72, 0.05, 0.04, 0.6, 0.03]
+    rows = [{"step": s, "reward": 1.0, "kl": k} for s, k in enumerate(kl, start=1)]
+    assert detect(rows) == []
+    assert [a.step for a in detect(rows, Thresholds(kl_rows=2))] == [4]
+    assert [a.step for a in detect(rows, Thresholds(kl_rows=1))] == [3]  # the bound alone
 
 
 def test_zero_std_saturation_needs_consecutive_rows():
@@ -161,12 +171,14 @@ def test_thresholds_validation_names_the_field():
         Thresholds(kl_max=0)
     with pytest.raises(ConfigError, match=r"saturation_rows must be an int >= 1, got True"):
         Thresholds(saturation_rows=True)
+    with pytest.raises(ConfigError, match=r"kl_rows must be an int >= 1, got 0"):
+        Thresholds(kl_rows=0)
     with pytest.raises(ConfigError, match=r"unknown monitor threshold\(s\) \['w2'\]"):
         Thresholds.from_dict({"w2": 1.0})
     with pytest.raises(ConfigError, match=r"w2_max must be a number or None, got 'big'"):
         Thresholds.from_dict({"w2_max": "big"})
-    parsed = Thresholds.from_dict({"w2_max": "1e-3", "kl_max": None, "saturation_rows": 4.0})  # YAML 1.1 leaves 1e-3 as text
-    assert (parsed.w2_max, parsed.kl_max, parsed.saturation_rows, parsed.diversity_fraction) == (0.001, None, 4, 0.5)
+    parsed = Thresholds.from_dict({"w2_max": "1e-3", "kl_max": None, "saturation_rows": 4.0, "kl_rows": 2.0})  # YAML 1.1 leaves 1e-3 as text
+    assert (parsed.w2_max, parsed.kl_max, parsed.saturation_rows, parsed.kl_rows, parsed.diversity_fraction) == (0.001, None, 4, 2, 0.5)
 
 
 def test_alarm_round_trips_through_json():

@@ -201,7 +201,7 @@ def test_first_alarm_cells_per_seed():
 def test_trl_callback_warns_or_stops_through_control(tmp_path):
     rows = [{"reward": 0.2, "kl": 0.0}, {"reward": 0.3, "kl": 0.7}]
     for policy, stops in (("warn", False), ("stop", True)):
-        callback, state, control = CollapseMonitorCallback(policy=policy), TrainerState(), TrainerControl()
+        callback, state, control = CollapseMonitorCallback(Thresholds(kl_rows=1), policy=policy), TrainerState(), TrainerControl()
         callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / policy)), state, control)
         for step, logs in enumerate(rows, start=1):
             state.global_step = step
