@@ -148,6 +148,8 @@ def test_sweep_quick_presets_run_end_to_end_on_a_two_point_grid(tmp_path, digits
     """`adrpo sweep` on the quick presets, reduced to two points per family and two seeds on the tiny
     stand-ins: the table, the fronts, the verdicts (one row per ADRPO point and objective pair) and,
     for the flow task, the image grid."""
+    from transformers.utils import logging as hf_logging
+
     from adrpo import cli
 
     flow = ["sweep", "--preset", "digits-sweep-quick", "--output-dir", str(tmp_path / "flow"), "--workers", "1",
@@ -176,6 +178,8 @@ def test_sweep_quick_presets_run_end_to_end_on_a_two_point_grid(tmp_path, digits
            "--set", "eval={steps: 1, group: 2, prompts: 3}",
            "--set", "methods=[{label: GRPO, trainer: grpo, grid: {beta: [0.0, 0.2]}}, {label: ADRPO-GRPO, trainer: adrpo, beta: 0.04}]"]
     cli.main(llm)
+    assert "Loading weights" not in capsys.readouterr().err  # transformers' per-load bar, three per run
+    assert hf_logging.is_progress_bar_enabled()  # and on again after the runs
     verdicts = (tmp_path / "llm" / "verdicts.md").read_text()
     assert verdicts.count("| ADRPO-GRPO |") == 4  # per objective pair: its verdict row and its family's hypervolume row
     assert [pair["y"] for pair in json.loads((tmp_path / "llm" / "results.json").read_text())["pareto"]["pairs"]] == ["diversity", "kl"]

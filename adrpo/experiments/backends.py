@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adrpo.errors import ConfigError
@@ -129,6 +131,22 @@ def llm_task(name: str):
     return importlib.import_module(LLM_TASKS[name])
 
 
+@contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """transformers' progress bars (its "Loading weights" bar at every ``from_pretrained``) off within the
+    block, back on after it if they were on: an LLM run loads three models, whose bars would break the
+    engine's own "runs" bar into lines."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class LLMBackend:
     """The LLM miniatures (arithmetic, audio QA) on TRL's GRPOTrainer (fixed β) or ADRPOTrainer."""
 
@@ -166,6 +184,13 @@ class LLMBackend:
 
     def run(self, spec: ExperimentSpec, job: Job, *, threads: int | None) -> RunResult:
         import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        with quiet_model_loading():
+            return self._run(spec, job)
+
+    def _run(self, spec: ExperimentSpec, job: Job) -> RunResult:
         from datasets import Dataset
         from transformers import PrinterCallback
 
@@ -174,8 +199,6 @@ class LLMBackend:
         from adrpo.llm.callbacks import monitor_callback
         from adrpo.llm.trainer import ADRPOTrainer
 
-        if threads:
-            torch.set_num_threads(threads)
         task = llm_task(spec.task)
         settings = self.settings(spec)
         path = task.base_model_path(settings)
