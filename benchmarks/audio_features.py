@@ -6,7 +6,7 @@ appears G times in a row, as TRL repeats a prompt for its G completions, each co
 dataloader hands them out:
 
 - ``once``: :func:`adrpo.llm.audio.share_repeated_clips` on the copies, then the extractor wrapped as
-  ``AudioGRPOTrainer`` wraps it (``_OncePerClip``): B clips extracted, their rows repeated;
+  ``AudioGRPOTrainer`` wraps it (``OncePerClip``): B clips extracted, their rows repeated;
 - ``every``: the extractor on all B·G copies, as before.
 
 Both give the same features bit for bit (checked). The two alternate for ``--rounds`` rounds after one
@@ -25,7 +25,7 @@ import torch
 from _common import git_commit, machine, timed_calls
 from transformers import WhisperFeatureExtractor
 
-from adrpo.llm.audio import _OncePerClip, share_repeated_clips
+from adrpo.llm.audio import OncePerClip, share_repeated_clips
 
 RATE = 16000
 SETTINGS = dict(sampling_rate=RATE, return_attention_mask=True, padding="max_length", return_tensors="pt")
@@ -49,7 +49,7 @@ def main() -> None:
     copies = [clip.copy() for clip in distinct for _ in range(args.group_size)]
 
     def once() -> dict:
-        return _OncePerClip(extractor)(share_repeated_clips(copies), **SETTINGS)
+        return OncePerClip(extractor)(share_repeated_clips(copies), **SETTINGS)
 
     def every() -> dict:
         return extractor(copies, **SETTINGS)

@@ -260,13 +260,13 @@ def test_once_per_clip_extractor_repeats_rows_exactly(models, tensors):
     extractor = models["qwen2_audio"][1].feature_extractor
     a, b = clip(0), clip(2)
     kwargs = dict(sampling_rate=RATE, return_attention_mask=True, padding="max_length", return_tensors=tensors)
-    once = audio._OncePerClip(extractor)([a, a, b, a], **kwargs)
+    once = audio.OncePerClip(extractor)([a, a, b, a], **kwargs)
     every = extractor([a, a.copy(), b, a.copy()], **kwargs)
     assert once.keys() == every.keys()
     for key in every:
         assert type(once[key]) is type(every[key]), key
         assert np.array_equal(np.asarray(once[key]), np.asarray(every[key])), key
-    assert audio._OncePerClip(extractor).sampling_rate == extractor.sampling_rate
+    assert audio.OncePerClip(extractor).sampling_rate == extractor.sampling_rate
 
 
 def direct_logps(model, ids, mask, features, keep):

@@ -12,7 +12,9 @@ import torch
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from adrpo.experiments.report import category_tables
-from adrpo.tasks.audio_qa import AudioQASettings, base_model_path, evaluate_policy, split_rows
+from adrpo.llm.audio import with_audio_part
+from adrpo.tasks import audio_qa
+from adrpo.tasks.audio_qa import AudioQASettings, base_model_path, encode_prompts, evaluate_policy, split_rows
 
 TINY = AudioQASettings(train_items=16, test_items=8, steps=10, hidden=16, audio_hidden=16)
 
@@ -62,6 +64,23 @@ def test_evaluation_is_seeded_and_leaves_the_random_state(tiny_model):
     weighted = (9 * first["acc/sound"] + 9 * first["acc/music"] + 6 * first["acc/speech"]) / 24
     assert first["acc/total"] == pytest.approx(weighted)
     assert 0.0 <= first["format"] <= 1.0 and first["entropy"] > 0.0
+
+
+def test_held_out_prompts_extract_each_clip_once_with_the_same_features(tiny_model, monkeypatch):
+    _, _, processor = tiny_model
+    _, held_out = split_rows(TINY)
+    repeated = [row for row in held_out for _ in range(3)]  # as the evaluation repeats each row for its G samples
+    extractor = processor.feature_extractor
+    seen: list[int] = []
+    extract = type(extractor).__call__
+    monkeypatch.setattr(type(extractor), "__call__", lambda self, raw, *a, **k: seen.append(len(raw)) or extract(self, raw, *a, **k))
+    ids, features = encode_prompts(processor, repeated)
+    assert seen == [len(held_out)] and processor.feature_extractor is extractor
+
+    monkeypatch.setattr(audio_qa, "conversation", lambda row: with_audio_part(row["prompt"], row["audio"].copy(), where=""))
+    every_ids, every = encode_prompts(processor, repeated)  # every copy its own array: each extracted
+    assert seen == [len(held_out), len(repeated)]
+    assert ids == every_ids and all(torch.equal(features[key], every[key]) for key in every)
 
 
 def test_category_tables_hand_computed():

@@ -134,7 +134,7 @@ def share_repeated_clips(clips: list[np.ndarray]) -> list[np.ndarray]:
 
     TRL repeats each prompt for its G generations, one after another, so a batch holds each clip G
     times as separate but equal arrays; made one object, it is extracted once
-    (:class:`_OncePerClip`).
+    (:class:`OncePerClip`).
     """
     shared: list[np.ndarray] = []
     for clip in clips:
@@ -144,7 +144,7 @@ def share_repeated_clips(clips: list[np.ndarray]) -> list[np.ndarray]:
     return shared
 
 
-class _OncePerClip:
+class OncePerClip:
     """A feature extractor that runs once per distinct clip object of a batch and repeats the rows.
 
     transformers' audio feature extractors compute each clip's features from that clip alone; the
@@ -187,10 +187,10 @@ def _repeat_rows(value: Any, inverse: list[int], rows: int, key: str) -> Any:
 
 
 @contextmanager
-def _extracting_each_clip_once(processor: Any) -> Iterator[None]:
-    """Within the block, ``processor.feature_extractor`` is :class:`_OncePerClip` over itself."""
+def extracting_each_clip_once(processor: Any) -> Iterator[None]:
+    """Within the block, ``processor.feature_extractor`` is :class:`OncePerClip` over itself."""
     extractor = processor.feature_extractor
-    processor.feature_extractor = _OncePerClip(extractor)
+    processor.feature_extractor = OncePerClip(extractor)
     try:
         yield
     finally:
@@ -299,7 +299,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         clips = share_repeated_clips([load_clip(payload, sampling_rate=rate, where=where) for payload, where in zip(payloads, wheres)])
         rows = [{**row, "prompt": with_audio_part(row["prompt"], clip, where=where)} for row, clip, where in zip(inputs, clips, wheres)]
         try:
-            with _extracting_each_clip_once(self.processing_class):
+            with extracting_each_clip_once(self.processing_class):
                 output = super()._generate_and_score_completions(rows)
             if self._audio_inputs is None:
                 raise RuntimeError("the processor returned no input_features for an audio batch: TRL's prompt rendering has changed")

@@ -99,8 +99,14 @@ def conversation(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def encode_prompts(processor, rows: list[dict[str, Any]]) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
-    """Prompt token ids per row (audio tokens expanded) and the (N, M, F) features with their (N, F) mask."""
-    out = processor.apply_chat_template([conversation(row) for row in rows], add_generation_prompt=True, tokenize=True, return_dict=True)
+    """Prompt token ids per row (audio tokens expanded) and the (N, M, F) features with their (N, F) mask.
+
+    A row given several times (the evaluation's G samples of each) has its clip extracted once."""
+    from adrpo.llm.audio import extracting_each_clip_once
+
+    with extracting_each_clip_once(processor):
+        out = processor.apply_chat_template([conversation(row) for row in rows], add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)
     features = {key: torch.as_tensor(np.asarray(out[key])) for key in ("input_features", "feature_attention_mask")}
     return [list(ids) for ids in out["input_ids"]], features
 
