@@ -5,7 +5,7 @@ the Euler sampler, score them, advantages, reference and policy velocities, the 
 loss, backward, optimizer step, metrics) with ``FlowConfig.method`` set to each of the two.
 One trainer, built from the digits task's pretrained base model, takes both: before each
 block its config and loss function are switched to the block's method. (Two trainers, one
-per method, as until 6cb8bc3, measured where each one's tensors happened to sit in memory as
+per method, as before 38014d1, measured where each one's tensors happened to sit in memory as
 much as the methods: nine runs on one machine spread 0.974–1.032 (median 1.013), ten runs of
 one trainer 0.992–1.022 (median 0.998, eight of them within 0.992–1.005).)
 
