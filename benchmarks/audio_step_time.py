@@ -25,14 +25,13 @@ the audio/text ratio (reported, no target), then the adrpo/grpo ratio (target â‰
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import warnings
 
 import numpy as np
 import torch
 from _common import git_commit, machine
-from _trl import StepTimer, trl_step_parser
+from _trl import StepTimer, print_step_medians, train_in_palindromic_blocks, trl_step_parser
 from datasets import Dataset
 from transformers import PrinterCallback
 from trl import GRPOConfig
@@ -107,22 +106,13 @@ def main() -> None:
     text_lengths = prompt_lengths(trainers["text"], text_rows)
     assert audio_lengths == text_lengths, f"prompt tokens: audio {audio_lengths}, text {text_lengths}"
 
-    samples: dict[str, list[float]] = {name: [] for name in timers}
-    for round_index in range(opts.rounds):
-        order = list(timers) if round_index % 2 == 0 else list(reversed(timers))
-        for name in order:
-            timers[name].times.clear()
-            trainers[name].train()
-            samples[name].extend(timers[name].times[opts.warmup :])
-
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+    samples = train_in_palindromic_blocks(trainers, timers, rounds=opts.rounds, warmup=opts.warmup)
     print(f"machine: {machine()}")
     print(f"commit: {git_commit()}")
     print(f"settings: tiny qwen2_audio hidden=64 audio_hidden=32, {N_CLIPS} clips of 1 s at {RATE} Hz, prompt {audio_lengths[0]} tokens "
           f"({extra} of audio), batch 16 completions (G=8), 6 tokens, beta=0.04, rounds={opts.rounds} steps/block={opts.steps} "
           f"warmup={opts.warmup} (palindromic order), seed={opts.seed}")
-    for name, values in samples.items():
-        print(f"  {name:>5}: median {1000 * medians[name]:8.3f} ms/step (min {1000 * min(values):.3f}, max {1000 * max(values):.3f}, n={len(values)})")
+    medians = print_step_medians(samples)
     print(f"ratio audio/text step time (grpo): {medians['grpo'] / medians['text']:.3f} (reported)")
     print(f"ratio adrpo/grpo step time (audio): {medians['adrpo'] / medians['grpo']:.3f} (target <= 1.02)")
 

@@ -13,13 +13,12 @@ steps of every block are dropped, and the medians are compared.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import warnings
 
 import torch
 from _common import git_commit, machine
-from _trl import StepTimer, trl_step_parser
+from _trl import StepTimer, print_step_medians, train_in_palindromic_blocks, trl_step_parser
 from datasets import Dataset
 from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
@@ -55,21 +54,12 @@ def main() -> None:
         return trainer
 
     trainers = {name: build(name) for name in timers}
-    samples: dict[str, list[float]] = {name: [] for name in timers}
-    for round_index in range(opts.rounds):
-        order = ("adrpo", "grpo") if round_index % 2 == 0 else ("grpo", "adrpo")
-        for name in order:
-            timers[name].times.clear()
-            trainers[name].train()
-            samples[name].extend(timers[name].times[opts.warmup :])
-
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+    samples = train_in_palindromic_blocks(trainers, timers, rounds=opts.rounds, warmup=opts.warmup)
     print(f"machine: {machine()}")
     print(f"commit: {git_commit()}")
     print(f"settings: tiny qwen2 hidden=64, batch 16 completions (G=8), 6 tokens, beta=0.04, rounds={opts.rounds} "
           f"steps/block={opts.steps} warmup={opts.warmup} (ABBA), seed={opts.seed}")
-    for name, values in samples.items():
-        print(f"  {name:>5}: median {1000 * medians[name]:8.3f} ms/step (min {1000 * min(values):.3f}, max {1000 * max(values):.3f}, n={len(values)})")
+    medians = print_step_medians(samples)
     print(f"ratio adrpo/grpo step time: {medians['adrpo'] / medians['grpo']:.3f} (target <= 1.02)")
 
 
