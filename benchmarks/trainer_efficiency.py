@@ -26,7 +26,8 @@ inside a loop and count the difference as overhead. The target is on the first; 
 ratios are printed. As a check of which state is the step's, the same parts are also timed
 **inside** the full steps (``_sample``; ``reference_velocity``; ``_loss_and_backward`` plus the
 optimizer's ``step`` and ``zero_grad``, whose loss also computes the coefficient and its
-diagnostics), by wrapping those calls of the trainer for the timed steps.
+diagnostics), by wrapping those calls of the trainer for the timed steps (on a GPU each wrapper
+synchronises, which slows the full step a little: the ratio errs against the trainer there).
 
 How: after ``--warmup`` discarded calls of each, every round runs one block per
 measurement (``--steps`` full steps; for a part, a step, the call after it, then ``--steps``
