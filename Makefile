@@ -67,6 +67,7 @@ flux-tiny: install
 
 bench: install
 	$(PY) benchmarks/fm_step_time.py
+	$(PY) benchmarks/flow_optimizer.py
 	$(PY) benchmarks/trainer_efficiency.py
 	$(PY) benchmarks/grpo_step_time.py
 	$(PY) benchmarks/audio_step_time.py
