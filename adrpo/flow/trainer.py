@@ -5,6 +5,10 @@ classifier-free guidance) → score them → advantages → draw t and x0, build
 straight path → policy and reference velocities → the method's per-sample loss → one
 optimizer step through accelerate. The method is a row of ``adrpo.flow.methods.LOSSES``.
 
+This module holds the trainer's state, sampling, the reference and one step; the backward pass
+of a step is :mod:`adrpo.flow.backward`'s, the loop around the steps (resume, evaluate, log,
+callbacks, checkpoint) :mod:`adrpo.flow.loop`'s, the checkpoint files :mod:`adrpo.flow.resume`'s.
+
 Distributed training, mixed precision and trackers come from accelerate: run a script that
 builds a :class:`FlowTrainer` under ``accelerate launch``. Each process draws its own whole
 prompt groups, so group baselines need no communication; ``advantage_baseline="batch"`` is
@@ -32,15 +36,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from adrpo.core.advantages import compute_advantages
 from adrpo.core.flow_losses import FlowLoss, preference_pairs, squared_error
 from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.errors import ConfigError
-from adrpo.flow import checkpointing, resume
-from adrpo.flow.callbacks import FlowCallback, stop_agreed, with_default_monitor
+from adrpo.flow import checkpointing, loop, resume
+from adrpo.flow.backward import loss_and_backward
+from adrpo.flow.callbacks import FlowCallback, with_default_monitor
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.engine import (
     adamw,
@@ -52,41 +56,16 @@ from adrpo.flow.engine import (
     step_calls,
     unwrap,
 )
+from adrpo.flow.loop import Evaluator
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.reference import mix_, moving_weights, swapped
-from adrpo.flow.sampler import sample_euler
+from adrpo.flow.sampler import sample_euler, set_training
 from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
-Evaluator = Callable[["FlowTrainer"], dict[str, float]]
+__all__ = ["Embedder", "Evaluator", "FlowTrainer", "set_training"]
+
 Embedder = Callable[[torch.Tensor], torch.Tensor]
-
-
-def set_training(model: nn.Module, mode: bool) -> None:
-    """Put ``model`` and all its submodules in training (True) or evaluation (False) mode, as
-    ``model.train()`` and ``model.eval()`` do.
-
-    Where no module overrides ``train``, ``eval`` or ``__setattr__``, those calls only set each
-    module's ``training`` flag, recursing through ``Module.__setattr__``; one loop over the modules
-    does the same in under half the time, about 0.1 ms less per step of the digits model, whose
-    sampler switches to evaluation and back. Otherwise (peft's DoRA layers and transformers'
-    models override ``train``) the model's own method runs.
-    """
-    modules = list(model.modules())
-    if not all(map(_only_sets_the_flag, modules)):
-        if mode:
-            model.train()
-        else:
-            model.eval()
-        return
-    for module in modules:
-        object.__setattr__(module, "training", mode)  # all Module.__setattr__ does with a bool
-
-
-def _only_sets_the_flag(module: nn.Module) -> bool:
-    """Whether ``module.train(mode)`` and ``module.eval()`` only set ``training`` and recurse."""
-    cls = type(module)
-    return cls.train is nn.Module.train and cls.eval is nn.Module.eval and cls.__setattr__ is nn.Module.__setattr__
 
 
 class FlowTrainer:
@@ -325,37 +304,11 @@ class FlowTrainer:
     def _loss_and_backward(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, make_batch: Callable[[torch.Tensor], LossBatch],
     ) -> tuple[torch.Tensor, FlowLoss, torch.Tensor]:
-        """Back-propagate the method's mean loss over the N samples; returns the detached loss,
-        the loss output (diagnostics) and the detached policy velocity (N, *D).
-
-        With micro-batches, a no-grad forward first gives every sample's velocity; then each
-        chunk's velocity is recomputed with gradient and spliced into those values, and the
-        full-batch loss is back-propagated through the chunk only. Summed over the chunks this
-        is exactly the full batch's gradient, for every method, pairs and batch statistics
-        included. Gradient synchronisation across processes happens on the last chunk only.
-        """
+        """Back-propagate the method's mean loss over the N samples in :meth:`chunks`; returns the
+        detached loss, the loss output (diagnostics) and the detached policy velocity (N, *D).
+        See :func:`adrpo.flow.backward.loss_and_backward`."""
         chunks = self.chunks(len(x_t))
-        if len(chunks) == 1:
-            v = self.model(x_t, t, cond)
-            out = self.loss_fn(make_batch(v), self.config)
-            loss = out.per_sample.mean()
-            self.accelerator.backward(loss)
-            return loss.detach(), out, v.detach()
-        with torch.no_grad():
-            v_all = torch.cat([self.model(x_t[s], t[s], cond[s]) for s in chunks])
-            out = self.loss_fn(make_batch(v_all), self.config)
-        for s in chunks:
-            last = s is chunks[-1]
-            # DDP: skip the all-reduce; DeepSpeed: backward() steps the engine only at a boundary.
-            # accelerate's own accumulate() flips the same private flag.
-            self.accelerator.gradient_state._set_sync_gradients(last)
-            try:
-                with nullcontext() if last else self.accelerator.no_sync(self.model):
-                    v_mixed = torch.cat([v_all[: s.start], self.model(x_t[s], t[s], cond[s]), v_all[s.stop :]])
-                    self.accelerator.backward(self.loss_fn(make_batch(v_mixed), self.config).per_sample.mean())
-            finally:
-                self.accelerator.gradient_state._set_sync_gradients(True)
-        return out.per_sample.mean(), out, v_all
+        return loss_and_backward(self.accelerator, self.model, self.loss_fn, self.config, chunks, x_t, t, cond, make_batch)
 
     def train(
         self,
@@ -376,70 +329,13 @@ class FlowTrainer:
             evaluator: called before training, every ``eval_steps`` steps and at the end;
                 its metrics are logged with an ``eval/`` prefix.
         """
-        cfg = self.config
-        if resume_from_checkpoint:
-            self._resume(resume_from_checkpoint)
-        elif self.accelerator.is_main_process:
-            self.metrics_log.truncate_after(-1)
-        self.should_stop = False
-        if self.accelerator.is_main_process:
-            kept = self.metrics_log.read()
-            for callback in self.callbacks:
-                if hasattr(callback, "on_train_begin"):
-                    callback.on_train_begin(self, kept)
-        if evaluator is not None and self.state.step == 0:
-            self._log({f"eval/{k}": v for k, v in evaluator(self).items()})
-        bar = tqdm(
-            total=cfg.num_steps, initial=self.state.step, desc=f"{cfg.method}", dynamic_ncols=True,
-            disable=not (cfg.progress_bar and self.accelerator.is_main_process),
-        )
-        while self.state.step < cfg.num_steps:
-            metrics = self.step()
-            step = self.state.step
-            if evaluator is not None and (step == cfg.num_steps or (eval_steps and step % eval_steps == 0)):
-                metrics.update({f"eval/{k}": v for k, v in evaluator(self).items()})
-            if step % cfg.logging_steps == 0 or step == cfg.num_steps or any(k.startswith("eval/") for k in metrics):
-                self._log(metrics)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", w2=f"{metrics['w2']:.4f}")
-            stop = self._stop_requested()
-            if stop or step == cfg.num_steps or (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0):
-                self.save_checkpoint()
-            if stop:
-                break
-        bar.close()
-        self.accelerator.end_training()
-        return self.metrics_log.read()
-
-    def _log(self, metrics: dict[str, float]) -> None:
-        self.accelerator.log(metrics, step=self.state.step)
-        if self.accelerator.is_main_process:
-            row = {"step": self.state.step, **metrics}
-            self.metrics_log.append(row)
-            for callback in self.callbacks:
-                callback.on_log(self, row)
-
-    def _stop_requested(self) -> bool:
-        """``should_stop`` as set on the main process (where callbacks run), agreed by every process."""
-        return stop_agreed(self.accelerator, self.should_stop) if self.callbacks else self.should_stop
+        return loop.train(self, resume_from_checkpoint=resume_from_checkpoint, evaluator=evaluator, eval_steps=eval_steps)
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-NNNNNNNN`` atomically (every process takes part) and prune."""
         self.state.gathered = gather_object([self.state.local_state()])
         return resume.save(self.accelerator, self.checkpoint_root, self.state.step, keep=self.config.keep_checkpoints)
-
-    def _resume(self, resume_from_checkpoint: bool | str) -> None:
-        if resume_from_checkpoint is True:
-            path = resume.load_newest_intact(self.accelerator, self.checkpoint_root)
-            if path is None:
-                if self.accelerator.is_main_process:
-                    self.metrics_log.truncate_after(-1)
-                return
-        else:
-            self.load_checkpoint(resume_from_checkpoint)
-        if self.accelerator.is_main_process:
-            self.metrics_log.truncate_after(self.state.step)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, RNG states and trainer state from a checkpoint

@@ -1,0 +1,94 @@
+"""The training loop of a :class:`adrpo.flow.trainer.FlowTrainer`: resume or start, evaluate,
+step, log to ``metrics.jsonl`` and the trackers, call the callbacks, checkpoint, stop.
+
+It drives the trainer through the trainer's own methods (``step``, ``save_checkpoint``,
+``load_checkpoint``); :meth:`FlowTrainer.train` is its public entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from adrpo.flow import resume as resuming
+from adrpo.flow.callbacks import stop_agreed
+
+if TYPE_CHECKING:
+    from adrpo.flow.trainer import FlowTrainer
+
+Evaluator = Callable[["FlowTrainer"], dict[str, float]]
+
+
+def train(
+    trainer: FlowTrainer, *, resume_from_checkpoint: bool | str, evaluator: Evaluator | None, eval_steps: int,
+) -> list[dict[str, float]]:
+    """See :meth:`adrpo.flow.trainer.FlowTrainer.train`."""
+    cfg = trainer.config
+    accelerator = trainer.accelerator
+    if resume_from_checkpoint:
+        resume(trainer, resume_from_checkpoint)
+    elif accelerator.is_main_process:
+        trainer.metrics_log.truncate_after(-1)
+    trainer.should_stop = False
+    if accelerator.is_main_process:
+        kept = trainer.metrics_log.read()
+        for callback in trainer.callbacks:
+            if hasattr(callback, "on_train_begin"):
+                callback.on_train_begin(trainer, kept)
+    if evaluator is not None and trainer.state.step == 0:
+        log(trainer, {f"eval/{k}": v for k, v in evaluator(trainer).items()})
+    bar = tqdm(
+        total=cfg.num_steps, initial=trainer.state.step, desc=f"{cfg.method}", dynamic_ncols=True,
+        disable=not (cfg.progress_bar and accelerator.is_main_process),
+    )
+    while trainer.state.step < cfg.num_steps:
+        metrics = trainer.step()
+        step = trainer.state.step
+        if evaluator is not None and (step == cfg.num_steps or (eval_steps and step % eval_steps == 0)):
+            metrics.update({f"eval/{k}": v for k, v in evaluator(trainer).items()})
+        if step % cfg.logging_steps == 0 or step == cfg.num_steps or any(k.startswith("eval/") for k in metrics):
+            log(trainer, metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", w2=f"{metrics['w2']:.4f}")
+        stop = stop_requested(trainer)
+        if stop or step == cfg.num_steps or (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0):
+            trainer.save_checkpoint()
+        if stop:
+            break
+    bar.close()
+    accelerator.end_training()
+    return trainer.metrics_log.read()
+
+
+def log(trainer: FlowTrainer, metrics: dict[str, float]) -> None:
+    """Send ``metrics`` to the trackers; on the main process append ``{"step": s, **metrics}`` to
+    ``metrics.jsonl`` and hand that row to every callback."""
+    trainer.accelerator.log(metrics, step=trainer.state.step)
+    if trainer.accelerator.is_main_process:
+        row = {"step": trainer.state.step, **metrics}
+        trainer.metrics_log.append(row)
+        for callback in trainer.callbacks:
+            callback.on_log(trainer, row)
+
+
+def stop_requested(trainer: FlowTrainer) -> bool:
+    """``should_stop`` as set on the main process (where callbacks run), agreed by every process."""
+    return stop_agreed(trainer.accelerator, trainer.should_stop) if trainer.callbacks else trainer.should_stop
+
+
+def resume(trainer: FlowTrainer, resume_from_checkpoint: bool | str) -> None:
+    """Load the newest intact checkpoint (True) or the one at a path, then drop the rows of
+    ``metrics.jsonl`` logged after its step; True without a checkpoint is a fresh start."""
+    accelerator = trainer.accelerator
+    if resume_from_checkpoint is True:
+        path = resuming.load_newest_intact(accelerator, trainer.checkpoint_root)
+        if path is None:
+            if accelerator.is_main_process:
+                trainer.metrics_log.truncate_after(-1)
+            return
+    else:
+        trainer.load_checkpoint(resume_from_checkpoint)
+    if accelerator.is_main_process:
+        trainer.metrics_log.truncate_after(trainer.state.step)
