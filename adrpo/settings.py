@@ -1,5 +1,6 @@
 """Settings plumbing: where adrpo caches what it builds once (pretrained miniatures, converted
-GGUF models), cache keys of settings dataclasses, and building dataclasses from YAML mappings."""
+GGUF models), cache keys of settings dataclasses, building dataclasses from YAML mappings, and
+reading the collapse monitor's policy from YAML (:func:`monitor_policy`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adrpo.core.monitor import POLICIES
 from adrpo.errors import ConfigError
 
 T = TypeVar("T")
@@ -34,3 +36,19 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], what: str) -> T:
     if unknown:
         raise ConfigError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")
     return cls(**values)
+
+
+def monitor_policy(value: Any, *, field: str = "monitor") -> str:
+    """The collapse monitor's policy, one of :data:`adrpo.core.monitor.POLICIES`, from a YAML value.
+
+    YAML 1.1 reads an unquoted ``off`` / ``no`` / ``false`` as ``False`` and ``on`` / ``yes`` / ``true``
+    as ``True``: ``False`` is "off", ``True`` is "warn" (the monitor on, with its default policy).
+    Anything else must be a policy name; the error names ``field``.
+    """
+    if value is False:
+        return "off"
+    if value is True:
+        return "warn"
+    if value not in POLICIES:
+        raise ConfigError(f"{field} must be one of {POLICIES}, got {value!r} (YAML booleans also work: false = off, true = warn)")
+    return value

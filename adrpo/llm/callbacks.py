@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from adrpo.core.monitor import POLICIES, Alarm, CollapseMonitor, Thresholds
 from adrpo.errors import ConfigError
+from adrpo.settings import monitor_policy
 
 
 class CollapseMonitorCallback(TrainerCallback):
@@ -65,19 +66,18 @@ class CollapseMonitorCallback(TrainerCallback):
 def monitor_callback(setting: Any = "warn") -> CollapseMonitorCallback | None:
     """The callback a recipe's ``monitor:`` value asks for; None for "off".
 
-    ``setting`` is a policy ("off", "warn", "stop") or a mapping
+    ``setting`` is a policy ("off", "warn", "stop"), a YAML boolean (``monitor: off`` reads as
+    False: "off"; True: "warn"; :func:`adrpo.settings.monitor_policy`) or a mapping
     ``{policy: stop, thresholds: {kl_max: 1.0, ...}}`` (policy default "warn").
     """
-    if isinstance(setting, str):
+    if isinstance(setting, (str, bool)):
         setting = {"policy": setting}
     if not isinstance(setting, Mapping):
-        raise ConfigError(f"monitor must be one of {POLICIES} or a mapping {{policy, thresholds}}, got {setting!r}")
+        raise ConfigError(f"monitor must be one of {POLICIES}, a YAML boolean or a mapping {{policy, thresholds}}, got {setting!r}")
     unknown = sorted(set(setting) - {"policy", "thresholds"})
     if unknown:
         raise ConfigError(f"unknown monitor key(s) {unknown}; known: ['policy', 'thresholds']")
-    policy = setting.get("policy", "warn")
-    if policy not in POLICIES:
-        raise ConfigError(f"monitor policy must be one of {POLICIES}, got {policy!r}")
+    policy = monitor_policy(setting.get("policy", "warn"), field="monitor policy")
     try:
         thresholds = Thresholds.from_dict(setting.get("thresholds") or {})
     except ConfigError as err:
