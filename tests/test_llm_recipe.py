@@ -106,6 +106,18 @@ def test_build_trainer_adrpo(model_path, jsonl, tmp_path):
     assert len(trainer.train_dataset) == len(ROWS)
 
 
+def test_build_trainer_sets_checkpointing_by_its_current_name(model_path, jsonl, tmp_path):
+    """Our CPU default must not trip transformers' `gradient_checkpointing is deprecated` FutureWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = build_trainer(recipe(model_path, jsonl, tmp_path / "out"))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)]
+    assert trainer.args.activation_checkpointing is False and trainer.args.gradient_checkpointing is False
+    values = recipe(model_path, jsonl, tmp_path / "out")
+    values["args"]["activation_checkpointing"] = True
+    assert build(values).args.activation_checkpointing is True  # a value the YAML gives is kept
+
+
 def test_build_trainer_grpo_is_trl_grpo_with_the_audio_path(model_path, jsonl, tmp_path):
     """`trainer: grpo` is TRL's GRPOTrainer plus the audio path (stock TRL on text: tests/test_audio.py), fixed beta."""
     from adrpo.llm.audio import AudioGRPOTrainer

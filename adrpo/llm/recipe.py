@@ -11,15 +11,17 @@
       - {type: format, pattern: ".*\\d+", weight: 0.2}
     peft: {r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}   # optional
     args: {beta: 0.04, learning_rate: 1.0e-6, ...}      # ADRPOConfig / GRPOConfig fields
-    monitor: warn                                       # collapse monitor: off, warn (default) or stop, or
-                                                        # {policy: stop, thresholds: {kl_max: 1.0}}
+    monitor: warn                                       # collapse monitor: off, warn (default) or stop (YAML's
+                                                        # false/true: off/warn), or {policy: stop, thresholds: {kl_max: 1.0}}
 
 ``monitor`` (see :mod:`adrpo.core.monitor` and :mod:`adrpo.llm.callbacks`) watches the logged
 reward, entropy, KL, zero-std groups and negative coefficients; ``warn`` logs each alarm and
 records it in ``output_dir/alarms.jsonl``, ``stop`` also saves a checkpoint and ends training.
 
-On a machine without CUDA, bf16 and gradient checkpointing are turned off unless ``args``
-sets them (TRL's defaults are ~7x slower on a CPU).
+On a machine without CUDA, bf16 and activation checkpointing are turned off unless ``args``
+sets them (TRL's defaults are ~7x slower on a CPU); with CUDA, activation checkpointing is TRL's
+default, on. ``activation_checkpointing`` is transformers' current name; ``gradient_checkpointing``
+is its deprecated alias (still accepted, with transformers' FutureWarning).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def build_trainer(values: dict[str, Any]):
     args = dict(values.get("args", {}))
     if not torch.cuda.is_available():
         args.setdefault("bf16", False)
-        args.setdefault("gradient_checkpointing", False)
+    if "gradient_checkpointing" not in args:  # TRL's default (True) under its current name: no deprecation warning
+        args.setdefault("activation_checkpointing", torch.cuda.is_available())
     rewards = values["rewards"]
     if not rewards:
         raise ConfigError("rewards is empty")
