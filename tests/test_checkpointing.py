@@ -367,3 +367,31 @@ def test_manifest_lists_every_file_and_names_the_one_that_differs(tmp_path):
     assert checkpointing.manifest_problem(tmp_path).startswith("manifest.json cannot be read (JSONDecodeError")
     (tmp_path / "manifest.json").unlink()
     assert checkpointing.manifest_problem(tmp_path) is None and not checkpointing.is_complete(tmp_path)
+
+
+# ----------------------------------------------------------------- metrics.jsonl after a crash
+def test_a_crash_in_the_middle_of_an_append_leaves_a_last_line_that_resume_drops(run, pristine):
+    # The run crashed while appending step 5's row: its checkpoint of step 6 was never written.
+    shutil.rmtree(run / "checkpoints" / STEP6)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines[:4]) + lines[4][: len(lines[4]) // 2])
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its last line 5, which does not parse"):
+        rows = trainer_for(run, num_steps=6).train(resume_from_checkpoint=True)
+    assert rows == pristine["rows"]
+
+
+def test_metrics_log_drops_only_a_partial_last_line_and_names_a_broken_one_elsewhere(tmp_path):
+    log = checkpointing.MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3):
+        log.append({"step": step, "loss": 0.5})
+    with open(log.path, "a") as handle:
+        handle.write('{"step": 4, "lo')  # no newline: the append was cut short
+    with pytest.warns(UserWarning, match="dropped its last line 4"):
+        assert [row["step"] for row in log.read()] == [1, 2, 3]
+    with pytest.warns(UserWarning, match="dropped its last line 4"):
+        log.truncate_after(2)
+    assert log.path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.5}\n'
+    log.path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    for call in (log.read, lambda: log.truncate_after(5)):
+        with pytest.raises(ConfigError, match=r"metrics\.jsonl: line 2 is not a metrics row"):
+            call()

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from adrpo.errors import ConfigError
+
 CHECKPOINT_PREFIX = "step-"
 MANIFEST_NAME = "manifest.json"
 BROKEN_PREFIX = "broken-"
@@ -335,17 +337,25 @@ def step_of(checkpoint: Path) -> int:
 
 
 class MetricsLog:
-    """Append-only JSONL of ``{"step": s, ...}`` rows, flushed per row."""
+    """Append-only JSONL of ``{"step": s, ...}`` rows, flushed per row.
+
+    A crash in the middle of an append leaves a partial last line: :meth:`read` and
+    :meth:`truncate_after` drop a last line that does not parse, with a warning naming the file
+    (that step is logged again by the resumed run, whose checkpoint is older than the row). A
+    line that does not parse anywhere else is no interrupted append, and raises a ConfigError
+    naming the file and the line number.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (they will be logged again by a resumed run)."""
+        """Drop rows logged after ``step`` (they will be logged again by a resumed run), and a
+        partial last line."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [line for line, row in self._parsed() if row["step"] <= step]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
@@ -356,6 +366,26 @@ class MetricsLog:
             handle.flush()
 
     def read(self) -> list[dict]:
+        """Every row, in file order; a partial last line is left out (see the class docstring)."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [row for _, row in self._parsed()]
+
+    def _parsed(self) -> list[tuple[str, dict]]:
+        """(line, row) of every non-empty line that parses; a last one that does not is dropped."""
+        numbered = [(number, line) for number, line in enumerate(self.path.read_text().splitlines(), 1) if line]
+        parsed = []
+        for index, (number, line) in enumerate(numbered):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or "step" not in row:
+                    raise ValueError(f"not a row with a 'step': {line[:80]!r}")
+            except ValueError as error:  # json.JSONDecodeError is a ValueError
+                if index < len(numbered) - 1:
+                    raise ConfigError(f"{self.path}: line {number} is not a metrics row ({error}); only a last line "
+                                      f"can be left partial by a crash, so this file was edited or damaged") from error
+                warnings.warn(f"{self.path}: dropped its last line {number}, which does not parse (an append "
+                              f"interrupted by a crash?): {line[:80]!r}", stacklevel=3)
+                break
+            parsed.append((line, row))
+        return parsed
