@@ -24,6 +24,7 @@ from adrpo.core.pareto import (
     summarize_deltas,
     verdict,
 )
+from adrpo.core.significance import critical_value, student_t_cdf, t_quantile
 from adrpo.errors import ConfigError
 
 NAN = math.nan
@@ -147,23 +148,56 @@ def test_divergence_sign_positive_means_less_divergence():
 # --- verdict --------------------------------------------------------------------------------
 
 
-def test_verdict_against_two_standard_errors():
-    # mean 0.4, std 0.1, SE 0.1/√3 = 0.058 -> 0.4 > 0.115
+def test_verdict_against_the_t_interval():
+    # mean 0.4, std 0.1, SE 0.1/√3 = 0.0577; t(0.975, 2 df) = 4.303 -> bar 0.248 < 0.4
     assert verdict([0.3, 0.4, 0.5]) == "beyond"
     assert verdict([-0.3, -0.4, -0.5]) == "behind"
-    # mean 0.133, std 0.473, SE 0.273 -> 0.133 < 0.546
+    # mean 0.133, std 0.473, SE 0.273 -> 0.133 < 1.17
     assert verdict([0.3, -0.4, 0.5]) == "on"
-    # [3, 1]: mean 2, std √2, SE 1 -> mean = 2·SE exactly is not beyond; [3, 1.1]: 2.05 > 2·0.95
-    assert verdict([3.0, 1.0]) == "on" and verdict([3.0, 1.1]) == "beyond"
+    # mean 0.4, std 0.2, SE 0.1155: beyond 2 SE (0.231) but not the t bar 0.497: the case 2 SE got wrong at 3 seeds
+    assert verdict([0.2, 0.4, 0.6]) == "on" and verdict([0.2, 0.4, 0.6], critical=2.0) == "beyond"
+    # two seeds: t(0.975, 1 df) = 12.706. [1, 1.01]: mean 1.005, SE 0.005 -> bar 0.0635: beyond; [3, 1]: 2 < 12.7
+    assert verdict([1.0, 1.01]) == "beyond" and verdict([3.0, 1.0]) == "on"
+    # a 90 % interval is narrower: t(0.95, 2 df) = 2.920 -> [0.2, 0.4, 0.6]'s bar 0.337 < 0.4
+    assert verdict([0.2, 0.4, 0.6], level=0.90) == "beyond"
     # SE 0: a constant positive Δ is beyond, a constant zero is on, and rounding noise is on
     assert verdict([0.1, 0.1]) == "beyond" and verdict([0.0, 0.0]) == "on" and verdict([1e-16] * 3) == "on"
+
+
+def test_a_mean_equal_to_its_bar_up_to_rounding_is_on():
+    # [0.1, 0.3]: mean 0.2, std 0.1414, SE 0.1 -> 2·SE = 0.19999999999999998 in floats, one ulp below the mean;
+    # the rule before compared with a bare ">" and said beyond
+    assert 2 * float(np.std([0.1, 0.3], ddof=1)) / math.sqrt(2) < 0.2
+    assert verdict([0.1, 0.3], critical=2.0) == "on" and verdict([-0.1, -0.3], critical=2.0) == "on"
+    # [3, 1]: mean 2 = 2·SE in exact arithmetic too; [3, 1.1]: 2.05 > 2·0.95 by far more than rounding
+    assert verdict([3.0, 1.0], critical=2.0) == "on" and verdict([3.0, 1.1], critical=2.0) == "beyond"
+
+
+def test_t_distribution_matches_tables():
+    # tabulated two-sided 95 % critical values (any statistics text): df 1, 2, 4, 9, 29
+    for df, expected in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)):
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+    # closed forms: df 1 is Cauchy, F(t) = 1/2 + atan(t)/π; df 2: F(t) = 1/2 + t / (2√(2 + t²))
+    for t in (-3.0, -0.5, 0.0, 0.7, 4.0):
+        assert student_t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-14)
+        assert student_t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-14)
+    # 3 seeds at 2 SE: P(T < 2) with 2 df = 0.908, the "about 91 % one-sided" of the rule before
+    assert student_t_cdf(2.0, 2) == pytest.approx(0.9082, abs=1e-4)
+    assert critical_value(3) == t_quantile(0.975, 2) and t_quantile(0.025, 3) == -t_quantile(0.975, 3)
+    # large df approaches the normal: z(0.975) = 1.95996
+    assert t_quantile(0.975, 2000) == pytest.approx(1.95996, abs=2e-3)
+    with pytest.raises(ConfigError, match="df"):
+        student_t_cdf(1.0, 0)
+    with pytest.raises(ConfigError, match="level"):
+        critical_value(3, level=1.0)
 
 
 def test_verdict_out_of_range_unless_strict_majority_in_range():
     assert verdict([0.1, NAN, NAN]) == "out of range"  # 1 of 3 in range
     assert verdict([0.1, NAN]) == "out of range"  # 1 of 2: not a strict majority
-    # 2 of 3 in range: mean 0.15, std 0.0707, SE 0.05 -> 0.15 > 0.1
-    assert verdict([NAN, 0.1, 0.2]) == "beyond"
+    # 2 of 3 in range: mean 0.15, std 0.0707, SE 0.05 -> 0.15 < 12.706·0.05 = 0.635: on; 2 SE = 0.1: beyond
+    assert verdict([NAN, 0.1, 0.2]) == "on" and verdict([NAN, 0.1, 0.2], critical=2.0) == "beyond"
+    assert verdict([NAN, 1.0, 1.01]) == "beyond"  # the t bar of the 2 in range, as above
 
 
 def test_verdict_single_seed_uses_the_sign_and_says_so():
@@ -194,7 +228,7 @@ def two_seed_setup():
 
 def test_paired_deltas_use_each_seeds_own_front():
     method, baseline, base = two_seed_setup()
-    records = compare_to_front(method, baseline, base=base, against="ORW-CFM-W2")
+    records = compare_to_front(method, baseline, base=base, against="ORW-CFM-W2", critical=2.0)  # the 2-SE bar
     assert [(r.label, r.metric, r.at) for r in records] == [
         ("adrpo", "diversity", "reward"), ("adrpo", "reward", "diversity"),
         ("weak", "diversity", "reward"), ("weak", "reward", "diversity"),
@@ -229,7 +263,7 @@ def test_majority_of_seeds_out_of_range():
     baseline = family({"b": {s: (2.0, 2.0) for s in range(3)}})
     base = runs({s: (0.0, 4.0) for s in range(3)})
     method = family({"adrpo": {0: (1.0, 3.5), 1: (3.0, 3.5), 2: (3.0, 3.5)}})
-    records = compare_to_front(method, baseline, base=base)
+    records = compare_to_front(method, baseline, base=base, critical=2.0)
     d = by_metric(records, "adrpo", "diversity")
     # seed 0: 3.5 − 3 = 0.5; seeds 1, 2: undefined -> 1 of 3 in range
     assert d.n_in_range == 1 and d.verdict == "out of range" and d.delta_mean == pytest.approx(0.5)
@@ -237,6 +271,8 @@ def test_majority_of_seeds_out_of_range():
     # at D = 3.5 the front has x = 0.5: 0.5, 2.5, 2.5; mean 1.833, std 1.155, SE 0.667 -> 1.833 > 1.333
     assert r.per_seed == pytest.approx({0: 0.5, 1: 2.5, 2: 2.5})
     assert r.verdict == "beyond" and r.delta_se == pytest.approx(2 / 3)
+    # at the default 95 % t-interval the bar is 4.303·0.667 = 2.87 > 1.833: on
+    assert by_metric(compare_to_front(method, baseline, base=base), "adrpo", "reward").verdict == "on"
 
 
 def test_divergence_pair_single_seed_and_json():
@@ -296,11 +332,16 @@ def test_family_hypervolume_per_seed_and_bootstrap():
     assert json.loads(json.dumps(hv.to_dict(), allow_nan=False))["reference"] == [0.0, 0.0]
 
 
-def test_bootstrap_is_deterministic_and_contains_the_mean():
-    values = [1.0, 2.0, 3.0, 4.0, 5.0]
-    low, high = bootstrap_ci(values, rng_seed=0)
-    assert (low, high) == bootstrap_ci(values, rng_seed=0)
-    assert 1.0 <= low < 3.0 < high <= 5.0
+def test_bootstrap_interval_equals_a_hand_computation():
+    # default_rng(0).integers(0, 3, size=(4, 3)) draws the rows [2,1,1], [0,0,0], [0,0,0], [2,1,2]
+    assert np.random.default_rng(0).integers(0, 3, size=(4, 3)).tolist() == [[2, 1, 1], [0, 0, 0], [0, 0, 0], [2, 1, 2]]
+    # of the values [1, 2, 4]: resample means (4+2+2)/3 = 8/3, 1, 1, (4+2+4)/3 = 10/3; sorted 1, 1, 8/3, 10/3.
+    # Linear quantiles at positions q·(4 − 1): q = 0.25 -> 0.75, between 1 and 1 = 1; q = 0.75 -> 2.25, a quarter
+    # of the way from 8/3 to 10/3 = 17/6. Raw-value quantiles would give 1.5 and 3: not what is returned
+    low, high = bootstrap_ci([1.0, 2.0, 4.0], n_boot=4, level=0.5, rng_seed=0)
+    assert low == pytest.approx(1.0, abs=1e-12) and high == pytest.approx(17 / 6, abs=1e-12)
+    # the default 1000 resamples of 1..5 for seed 0, pinned (printed once; numpy's default_rng stream is stable)
+    assert bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0], rng_seed=0) == pytest.approx((1.8, 4.2), abs=1e-12)
     assert bootstrap_ci([4.0]) == (4.0, 4.0)  # one seed: a zero-width interval
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from adrpo.core.pareto import family_hypervolume, reference_point
 from adrpo.experiments.engine import run_experiment
-from adrpo.experiments.fronts import BASE_LABEL, objective_pairs, pareto_analysis, plot_styles
+from adrpo.experiments.front_plots import plot_styles
+from adrpo.experiments.fronts import BASE_LABEL, objective_pairs, pareto_analysis
 from adrpo.experiments.grids import SAMPLES_FILE, compose_grid, select_rows
 from adrpo.experiments.report import write_report
 from adrpo.experiments.spec import ExperimentSpec
@@ -142,7 +143,7 @@ def test_write_report_writes_verdicts_fronts_and_pareto_json(tmp_path):
     assert paths["table"].read_text().endswith(verdicts)  # the sweep's table ends with the verdicts
 
     pareto = json.loads(paths["json"].read_text())["pareto"]
-    assert "2 SE" in pareto["rule"] and "strict majority" in pareto["rule"] and pareto["seeds"] == SEEDS
+    assert "Student-t" in pareto["rule"] and "strict majority" in pareto["rule"] and pareto["seeds"] == SEEDS
     diversity, divergence = pareto["pairs"]
     assert (diversity["y"], divergence["y"], divergence["maximize"]) == ("diversity", "w2", [True, False])
     assert diversity["front"] == ["ORW (a=1)", "ORW (a=0.1)", BASE_LABEL]

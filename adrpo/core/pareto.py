@@ -26,12 +26,9 @@ Rules, exactly as implemented:
   the base model of seed s (pass ``base``; it is in every family's front). Per method point:
   Δ<y> = y − front y at the point's x (ΔD at equal reward) and Δ<x> = x − front x at the
   point's y (ΔR at equal diversity or divergence).
-- **Verdict** over the seeds whose Δ is in range (n of S): "out of range" unless a strict
-  majority is in range (2·n > S). With n ≥ 2, SE = sample std (ddof 1) / √n and the verdict
-  is "beyond" if mean > max(n_se·SE, atol), "behind" if mean < −max(n_se·SE, atol), "on"
-  otherwise (n_se = 2). A single seed (S = 1) has no SE: the verdict is the sign, with the
-  same atol, suffixed " (1 seed)" (e.g. "beyond (1 seed)"), and std and SE are NaN. atol
-  (1e-9) keeps a point that sits on an edge, up to interpolation rounding, "on".
+- **Verdict** over the seeds whose Δ is in range: :func:`adrpo.core.significance.verdict`
+  ("beyond" / "behind" when the 95 % Student-t interval of the mean Δ lies above / below zero,
+  "out of range" unless a strict majority of the seeds is in range, the sign for one seed).
 - **Hypervolume** of a set against a reference point given in the metrics' own units: the
   area of the region dominated by the points and bounded by the reference, which must be the
   *worst* corner (below every maximized value, above every minimized one, e.g. above the
@@ -53,6 +50,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from adrpo.core.significance import LEVEL, as_values
+from adrpo.core.significance import bootstrap_ci as bootstrap_ci  # re-exported: the statistics live in significance
+from adrpo.core.significance import verdict as verdict
 from adrpo.errors import ConfigError
 
 Metrics = Mapping[str, float]
@@ -61,10 +61,6 @@ SeedMetrics = Mapping[int, Metrics]
 """Seed -> metrics: one operating point (or the base model) over seeds."""
 Family = Mapping[str, SeedMetrics]
 """Operating-point label (e.g. ``"beta0=1.0"``) -> its runs; one method family's sweep."""
-
-BEYOND, ON, BEHIND, OUT_OF_RANGE = "beyond", "on", "behind", "out of range"
-SINGLE_SEED = " (1 seed)"
-
 
 @dataclass(frozen=True)
 class FrontComparison:
@@ -195,43 +191,27 @@ def front_deltas(points: ArrayLike, baseline: ArrayLike, *, maximize: Sequence[b
     return deltas
 
 
-def verdict(deltas: ArrayLike, *, n_se: float = 2.0, atol: float = 1e-9) -> str:
-    """The verdict word for per-seed Δ (S,), NaN = out of range; the rule is the module's.
-
-    >>> verdict([0.3, 0.4, 0.5]), verdict([0.3, -0.4, 0.5]), verdict([0.1, float("nan"), float("nan")])
-    ('beyond', 'on', 'out of range')
-    """
-    d = _as_deltas(deltas)
-    if n_se < 0 or atol < 0:
-        raise ConfigError(f"n_se and atol must be >= 0, got n_se={n_se}, atol={atol}")
-    inside = d[~np.isnan(d)]
-    if 2 * inside.size <= d.size:
-        return OUT_OF_RANGE
-    mean = float(inside.mean())
-    bar = atol if inside.size == 1 else max(n_se * float(inside.std(ddof=1)) / math.sqrt(inside.size), atol)
-    word = BEYOND if mean > bar else BEHIND if mean < -bar else ON
-    return word + SINGLE_SEED if d.size == 1 else word
-
-
 def summarize_deltas(
-    per_seed: Mapping[int, float], *, label: str, against: str, metric: str, at: str, n_se: float = 2.0, atol: float = 1e-9
+    per_seed: Mapping[int, float], *, label: str, against: str, metric: str, at: str, level: float = LEVEL, critical: float | None = None,
+    atol: float = 1e-9,
 ) -> FrontComparison:
     """Mean ± std, SE and verdict of one point's per-seed Δ (NaN = out of range)."""
-    d = _as_deltas(list(per_seed.values()))
+    d = as_values(list(per_seed.values()))
     inside = d[~np.isnan(d)]
     mean = float(inside.mean()) if inside.size else math.nan
     std = float(inside.std(ddof=1)) if inside.size > 1 else math.nan
     return FrontComparison(
         label=label, against=against, metric=metric, at=at, delta_mean=mean, delta_std=std,
         delta_se=std / math.sqrt(inside.size) if inside.size > 1 else math.nan,
-        n_seeds=int(d.size), n_in_range=int(inside.size), verdict=verdict(d, n_se=n_se, atol=atol),
+        n_seeds=int(d.size), n_in_range=int(inside.size), verdict=verdict(d, level=level, critical=critical, atol=atol),
         per_seed={seed: float(v) for seed, v in per_seed.items()},
     )
 
 
 def compare_to_front(
     method: Family, baseline: Family, *, base: SeedMetrics | None, x: str = "reward", y: str = "diversity",
-    maximize: Sequence[bool] = (True, True), against: str = "baseline", n_se: float = 2.0, atol: float = 1e-9,
+    maximize: Sequence[bool] = (True, True), against: str = "baseline", level: float = LEVEL, critical: float | None = None,
+    atol: float = 1e-9,
 ) -> list[FrontComparison]:
     """Each method point against the baseline family's front, paired by seed.
 
@@ -254,7 +234,7 @@ def compare_to_front(
         for col, metric, held in ((1, y, x), (0, x, y)):
             records.append(summarize_deltas(
                 {seed: gains[seed][i, col] for seed in seeds},
-                label=label, against=against, metric=metric, at=held, n_se=n_se, atol=atol,
+                label=label, against=against, metric=metric, at=held, level=level, critical=critical, atol=atol,
             ))
     return records
 
@@ -309,27 +289,6 @@ def reference_point(
     return float(worst[0]), float(worst[1])
 
 
-def bootstrap_ci(values: ArrayLike, *, n_boot: int = 1000, level: float = 0.95, rng_seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of (S,) values, resampling with replacement.
-
-    Deterministic for a given ``rng_seed`` (numpy ``default_rng``). One value gives (v, v).
-
-    >>> bootstrap_ci([2., 2., 2.])
-    (2.0, 2.0)
-    """
-    v = _as_deltas(values)
-    if np.isnan(v).any():
-        raise ConfigError(f"values must be finite, got {v.tolist()}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ConfigError(f"n_boot must be an int >= 1, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ConfigError(f"level must be in (0, 1), got {level!r}")
-    idx = np.random.default_rng(rng_seed).integers(0, v.size, size=(n_boot, v.size))  # (n_boot, S)
-    tail = (1 - level) / 2
-    low, high = np.quantile(v[idx].mean(axis=1), [tail, 1 - tail])
-    return float(low), float(high)
-
-
 def family_hypervolume(
     family: Family, *, name: str, base: SeedMetrics | None, reference: Sequence[float], x: str = "reward", y: str = "diversity",
     maximize: Sequence[bool] = (True, True), n_boot: int = 1000, level: float = 0.95, rng_seed: int = 0,
@@ -366,15 +325,6 @@ def _as_points(points: ArrayLike, name: str) -> np.ndarray:
         row = int(np.argwhere(~np.isfinite(arr))[0, 0])
         raise ConfigError(f"{name} has a non-finite value in row {row}: {arr[row].tolist()}")
     return arr
-
-
-def _as_deltas(values: ArrayLike) -> np.ndarray:
-    d = np.asarray(values, dtype=float)
-    if d.ndim != 1 or d.size == 0:
-        raise ConfigError(f"per-seed values must be a non-empty (S,) sequence, got shape {d.shape}")
-    if np.isinf(d).any():
-        raise ConfigError(f"per-seed values must not be infinite, got {d.tolist()}")
-    return d
 
 
 def _check_pair(x: str, y: str) -> None:

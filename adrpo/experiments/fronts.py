@@ -1,4 +1,4 @@
-"""Pareto fronts and verdicts of an experiment's results, and the fronts plot.
+"""Pareto fronts and verdicts of an experiment's results (the plot: :mod:`adrpo.experiments.front_plots`).
 
 The engine's results (``{"spec": ..., "runs": [RunResult dicts]}``) become per-seed operating
 points: a configuration's point of seed s is its run's *last* held-out evaluation, the base
@@ -11,69 +11,61 @@ every adaptive configuration (role "adaptive", ADRPO) is compared with
 (role "baseline": fixed-coefficient ORW-CFM-W2 / GRPO) plus the base model, paired by seed, and
 every family (any role) gets its hypervolume against one shared :func:`reference_point`.
 
-A configuration that lacks a seed (a failed or missing run) or has a non-finite metric of a
-pair is dropped from that analysis with a note; seeds without a step-0 evaluation are dropped
-likewise. Nothing here trains or reads files; :func:`plot_fronts` draws the result.
+What enters, and what is said about it:
+
+- Only finished runs: a run whose last evaluation is before its ``target_step`` (stopped by the
+  collapse monitor's ``stop`` policy, or evaluated last before its last step) is left out, named
+  in a note. A configuration then lacking a seed, or with a non-finite metric of a pair, is
+  dropped from that analysis with a note; seeds without a step-0 evaluation likewise.
+- Every run's step-0 evaluation of a seed should be the same base model; where they differ (a
+  swept ``guidance_scale``, ``time_shift`` or ``max_completion_length`` changes the evaluation)
+  the report says so (:func:`base_differences`), and the first run's is the base point.
+- Each configuration carries the collapse monitor's alarms per seed; a *beyond* verdict of a
+  configuration one of whose runs alarmed reads "beyond (alarmed)": it may be beyond by
+  collapsing onto the reward optimum.
+- A moving reference (``sync_ref_model``) moves the flow evaluators' W2; such a run is placed on
+  the reward–W2 plane by its W2 to the base model (``w2_base``) when its evaluations log it, and
+  is left out of that plane otherwise.
+
+Nothing here trains or reads files.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from adrpo.core.pareto import (
     FrontComparison,
     Hypervolume,
     compare_to_front,
     family_hypervolume,
-    pareto_front,
     reference_point,
 )
+from adrpo.core.significance import BEYOND, LEVEL
 
 BASE_LABEL = "Base"
 DIVERGENCE = {"flow": "w2", "llm": "kl"}
 AXIS_TITLES = {"reward": "reward ↑", "diversity": "diversity ↑", "w2": "W2 to ref. ↓", "kl": "KL to ref. ↓"}
+ALARMED = " (alarmed)"
 RULE = (
     "Paired by seed: seed s's front is the union of every baseline (fixed-coefficient) configuration's final point "
     "of seed s and the base model (step 0) of seed s. Δ > 0 is better than the front: more reward or diversity, "
     "less divergence (for a divergence Δ = front − method). Verdict over the seeds whose Δ is in range: beyond if "
-    "mean Δ > 2 SE, behind if mean Δ < −2 SE, on otherwise (SE = sample std / √n); out of range unless a strict "
-    "majority of the seeds is in range; a single seed gives the sign, marked (1 seed). Hypervolume: per seed, of a "
-    "family's configurations plus the base model against one reference point (the worst value of each metric over "
-    "every run and the base model), then the mean over seeds with a 95% percentile-bootstrap interval."
+    f"the two-sided {LEVEL:.0%} Student-t interval of the mean Δ lies above 0 (mean Δ > t·SE, t the quantile for n − 1 "
+    "degrees of freedom: 12.71 for 2 seeds, 4.30 for 3; SE = sample std / √n), behind if it lies below 0, on "
+    "otherwise; out of range unless a strict majority of the seeds is in range; a single seed gives the sign, marked "
+    "(1 seed). \"(alarmed)\": a run of that configuration raised a collapse-monitor alarm (column Monitor: the rules "
+    "and seeds). Only finished runs enter. Hypervolume: per seed, of a family's configurations plus the base model "
+    "against one reference point (the worst value of each metric over every run and the base model), then the mean "
+    "over seeds with a 95% percentile-bootstrap interval."
 )
-
-# Colours and markers of every plot: tab10's ten colours with one marker, then the next marker...
-COLORS = 10
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+BASE_RTOL = 1e-6
+"""Two step-0 evaluations of one seed whose metrics agree to this relative tolerance are the same base model."""
 
 SeedPoints = dict[int, dict[str, float]]
-
-
-def plot_styles(labels: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
-    """A (colour, marker) per label, never the same pair twice.
-
-    Label i gets tab10's colour i mod 10 and marker ``MARKERS[i // 10]`` (up to 120 labels:
-    ten colours per marker); past that, a hue stepped by the golden ratio (never the same
-    twice) with the markers cycling.
-    """
-    import matplotlib
-
-    tab10 = matplotlib.colormaps["tab10"]
-    styles = {}
-    for i, label in enumerate(labels):
-        if i < COLORS * len(MARKERS):
-            styles[label] = (tuple(tab10(i % COLORS)), MARKERS[i // COLORS])
-        else:
-            hue = ((i - COLORS * len(MARKERS)) * 0.6180339887498949) % 1.0
-            styles[label] = ((*colorsys.hsv_to_rgb(hue, 0.8, 0.85), 1.0), MARKERS[i % len(MARKERS)])
-    return styles
 
 
 @dataclass(frozen=True)
@@ -92,6 +84,8 @@ class Objective:
 # Divergences measured to the trainer's current reference (the flow evaluators' W2), which a moving
 # reference moves; the LLM evaluation's KL is to the base model, so moving-reference runs stay in.
 TO_CURRENT_REFERENCE = frozenset({"w2"})
+BASE_SUFFIX = "_base"
+"""``w2_base``: the same divergence to the base model, logged by runs whose reference moves."""
 
 
 def objective_pairs(kind: str) -> tuple[Objective, Objective]:
@@ -101,7 +95,12 @@ def objective_pairs(kind: str) -> tuple[Objective, Objective]:
 
 @dataclass
 class Points:
-    """Per-seed final metrics of an experiment's configurations and of the base model."""
+    """Per-seed final metrics of an experiment's configurations and of the base model.
+
+    ``alarms``: label -> seed -> the collapse-monitor rules its run raised (sorted; [] for none),
+    absent for a configuration whose runs kept no alarm record (monitor off).
+    ``base_differences``: one line per seed whose runs' step-0 evaluations differ.
+    """
 
     seeds: list[int]
     base: SeedPoints
@@ -110,10 +109,59 @@ class Points:
     roles: dict[str, str]
     notes: list[str] = field(default_factory=list)
     moving_reference: set[str] = field(default_factory=set)
+    alarms: dict[str, dict[int, list[str]]] = field(default_factory=dict)
+    base_differences: list[str] = field(default_factory=list)
+
+    def alarmed(self, label: str) -> bool:
+        return any(self.alarms.get(label, {}).values())
+
+
+def is_finished(run: dict[str, Any]) -> bool:
+    """Whether a run's last held-out evaluation is at its target step (a run without a recorded
+    ``target_step``, from before it was recorded, counts as finished)."""
+    trajectory = run.get("trajectory") or []
+    target = run.get("target_step")
+    return bool(trajectory) and (target is None or trajectory[-1]["step"] >= target)
+
+
+def unfinished_runs(results: dict[str, Any]) -> list[str]:
+    """One line per run with a trajectory that stopped short of its target step."""
+    return [
+        f"{run['label']!r} seed {run['seed']}: last evaluation at step {run['trajectory'][-1]['step']} of {run['target_step']}"
+        for run in results["runs"] if run.get("trajectory") and not is_finished(run)
+    ]
+
+
+def _same_row(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The numeric metrics two evaluation rows share and disagree on (beyond :data:`BASE_RTOL`)."""
+    keys = [k for k in a if k != "step" and k in b and all(isinstance(r[k], (int, float)) for r in (a, b))]
+    return [k for k in keys if not math.isclose(a[k], b[k], rel_tol=BASE_RTOL, abs_tol=1e-12)]
+
+
+def base_differences(results: dict[str, Any]) -> list[str]:
+    """Per seed, the runs whose step-0 evaluation differs from that seed's first run's (the base point):
+    a line naming the seed, both labels and the metrics with both values."""
+    first: dict[int, tuple[str, dict[str, Any]]] = {}
+    lines = []
+    for run in results["runs"]:
+        trajectory = run.get("trajectory") or []
+        if not trajectory or trajectory[0]["step"] != 0:
+            continue
+        seed, row = run["seed"], trajectory[0]
+        if seed not in first:
+            first[seed] = (run["label"], row)
+            continue
+        label, base = first[seed]
+        differ = _same_row(base, row)
+        if differ:
+            values = ", ".join(f"{k} {base[k]:.4g} vs {row[k]:.4g}" for k in differ)
+            lines.append(f"seed {seed}: {run['label']!r} starts from another step-0 evaluation than {label!r} ({values})")
+    return lines
 
 
 def collect_points(results: dict[str, Any]) -> Points:
-    """The results' configurations with every seed (others dropped with a note), in run order."""
+    """The results' configurations with every seed (others dropped with a note), in run order;
+    unfinished runs are left out (:func:`is_finished`)."""
     runs = results["runs"]
     seeds = list(results.get("spec", {}).get("seeds") or dict.fromkeys(run["seed"] for run in runs))
     base: SeedPoints = {}
@@ -121,6 +169,7 @@ def collect_points(results: dict[str, Any]) -> Points:
     families: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
     moving: set[str] = set()
+    alarms: dict[str, dict[int, list[str]]] = {}
     for run in runs:
         label = run["label"]
         roles.setdefault(label, run["role"])
@@ -132,10 +181,14 @@ def collect_points(results: dict[str, Any]) -> Points:
         trajectory = run.get("trajectory") or []
         if not trajectory:
             continue
-        found.setdefault(label, {})[run["seed"]] = dict(trajectory[-1])
         if trajectory[0]["step"] == 0:
             base.setdefault(run["seed"], dict(trajectory[0]))
-    notes = []
+        if not is_finished(run):
+            continue
+        found.setdefault(label, {})[run["seed"]] = dict(trajectory[-1])
+        if run.get("alarms") is not None:
+            alarms.setdefault(label, {})[run["seed"]] = sorted({alarm["rule"] for alarm in run["alarms"]})
+    notes = [f"unfinished run, left out: {line}" for line in unfinished_runs(results)]
     missing_base = [seed for seed in seeds if seed not in base]
     if missing_base:
         notes.append(f"seed(s) {missing_base} have no step-0 (base model) evaluation and are left out")
@@ -144,11 +197,12 @@ def collect_points(results: dict[str, Any]) -> Points:
     for label in roles:
         missing = [seed for seed in seeds if seed not in found.get(label, {})]
         if missing or not seeds:
-            notes.append(f"{label!r} lacks seed(s) {missing} (a failed or missing run) and is left out")
+            notes.append(f"{label!r} lacks seed(s) {missing} (a failed, missing or unfinished run) and is left out")
         else:
             kept[label] = {seed: found[label][seed] for seed in seeds}
     families = {family: [label for label in labels if label in kept] for family, labels in families.items()}
-    return Points(seeds, {seed: base[seed] for seed in seeds}, kept, {f: ls for f, ls in families.items() if ls}, roles, notes, moving)
+    return Points(seeds, {seed: base[seed] for seed in seeds}, kept, {f: ls for f, ls in families.items() if ls}, roles, notes, moving,
+                  {label: alarms[label] for label in kept if label in alarms}, base_differences(results))
 
 
 def has_both_roles(results: dict[str, Any]) -> bool:
@@ -159,7 +213,11 @@ def has_both_roles(results: dict[str, Any]) -> bool:
 
 @dataclass
 class PairAnalysis:
-    """One objective pair's comparisons (two per adaptive configuration) and hypervolumes."""
+    """One objective pair's comparisons (two per adaptive configuration) and hypervolumes.
+
+    ``values``: label -> its per-seed points on this pair (a moving-reference run's divergence is
+    its ``<divergence>_base`` here); ``placed_by_base``: the labels so placed.
+    """
 
     objective: Objective
     labels: list[str]
@@ -168,6 +226,8 @@ class PairAnalysis:
     comparisons: list[FrontComparison]
     hypervolumes: list[Hypervolume]
     notes: list[str]
+    values: dict[str, SeedPoints] = field(default_factory=dict)
+    placed_by_base: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         o = self.objective
@@ -175,7 +235,7 @@ class PairAnalysis:
             "x": o.x, "y": o.y, "maximize": list(o.maximize), "configurations": self.labels, "front": self.baseline + [BASE_LABEL],
             "reference": None if self.reference is None else list(self.reference),
             "comparisons": [c.to_dict() for c in self.comparisons], "hypervolumes": [h.to_dict() for h in self.hypervolumes],
-            "notes": self.notes,
+            "placed_by_base_divergence": self.placed_by_base, "notes": self.notes,
         }
 
 
@@ -183,39 +243,50 @@ def _finite(points: SeedPoints, keys: Sequence[str]) -> bool:
     return all(isinstance(p.get(k), (int, float)) and math.isfinite(p[k]) for p in points.values() for k in keys)
 
 
+def _to_base(points: SeedPoints, key: str) -> SeedPoints:
+    """``points`` with ``key`` read from ``key + "_base"``."""
+    return {seed: {**p, key: p[key + BASE_SUFFIX]} for seed, p in points.items()}
+
+
 def analyse_pair(points: Points, objective: Objective) -> PairAnalysis:
     """Verdicts of every adaptive configuration against the baseline front, and each family's
     hypervolume, on one objective pair (configurations without finite metrics left out)."""
     keys = (objective.x, objective.y)
     notes = []
-    labels = []
+    values: dict[str, SeedPoints] = {}
+    placed_by_base = []
     for label, seeds in points.configurations.items():
         if objective.y in TO_CURRENT_REFERENCE and label in points.moving_reference:
-            notes.append(f"{label!r} has a moving reference: its {objective.y} is to that reference, not to the base model, "
-                         "so it is left out of this pair")
-        elif _finite(seeds, keys):
-            labels.append(label)
+            if not _finite(seeds, [objective.y + BASE_SUFFIX]):
+                notes.append(f"{label!r} has a moving reference and no {objective.y}{BASE_SUFFIX} (its {objective.y} is to that "
+                             "reference, not to the base model), so it is left out of this pair")
+                continue
+            seeds = _to_base(seeds, objective.y)
+            placed_by_base.append(label)
+        if _finite(seeds, keys):
+            values[label] = seeds
         else:
             notes.append(f"{label!r} has a missing or non-finite {objective.x} or {objective.y} and is left out of this pair")
+    if placed_by_base:
+        notes.append(f"placed by their {objective.y} to the base model ({objective.y}{BASE_SUFFIX}; moving reference): "
+                     + ", ".join(repr(label) for label in placed_by_base))
+    labels = list(values)
     adaptive = [label for label in labels if points.roles[label] == "adaptive"]
     baseline = [label for label in labels if points.roles[label] == "baseline"]
     if not _finite(points.base, keys) or not adaptive or not baseline:
         notes.append("no comparison: needs a finite base model and at least one adaptive and one baseline configuration")
-        return PairAnalysis(objective, labels, baseline, None, [], [], notes)
+        return PairAnalysis(objective, labels, baseline, None, [], [], notes, values, placed_by_base)
     pick = {"x": objective.x, "y": objective.y, "maximize": objective.maximize}
     comparisons = compare_to_front(
-        {label: points.configurations[label] for label in adaptive}, {label: points.configurations[label] for label in baseline},
+        {label: values[label] for label in adaptive}, {label: values[label] for label in baseline},
         base=points.base, against="baseline front", **pick,
     )
-    families = {
-        family: {label: points.configurations[label] for label in members if label in labels}
-        for family, members in points.families.items()
-    }
+    families = {family: {label: values[label] for label in members if label in values} for family, members in points.families.items()}
     families = {family: members for family, members in families.items() if members}
     reference = reference_point(families.values(), base=points.base, **pick)
     hypervolumes = [family_hypervolume(members, name=family, base=points.base, reference=reference, **pick)
                     for family, members in families.items()]
-    return PairAnalysis(objective, labels, baseline, reference, comparisons, hypervolumes, notes)
+    return PairAnalysis(objective, labels, baseline, reference, comparisons, hypervolumes, notes, values, placed_by_base)
 
 
 def pareto_analysis(results: dict[str, Any], kind: str) -> tuple[Points, list[PairAnalysis]]:
@@ -228,32 +299,56 @@ def _num(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
-def _delta_cells(record: FrontComparison) -> list[str]:
+def shown_verdict(record: FrontComparison, points: Points) -> str:
+    """The verdict word, with " (alarmed)" after a *beyond* whose configuration raised a collapse alarm."""
+    alarmed = record.verdict.startswith(BEYOND) and points.alarmed(record.label)
+    return record.verdict + ALARMED if alarmed else record.verdict
+
+
+def monitor_cell(label: str, points: Points) -> str:
+    """The collapse monitor's verdict on a configuration: "—" (no alarm), "off" (no record) or each rule
+    with the seeds that raised it, e.g. ``w2_bound (seeds 0, 2)``."""
+    if label not in points.alarms:
+        return "off"
+    seeds_by_rule: dict[str, list[int]] = {}
+    for seed, rules in points.alarms[label].items():
+        for rule in rules:
+            seeds_by_rule.setdefault(rule, []).append(seed)
+    if not seeds_by_rule:
+        return "—"
+    return "; ".join(f"{rule} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" for rule, seeds in seeds_by_rule.items())
+
+
+def _delta_cells(record: FrontComparison, points: Points) -> list[str]:
     if not math.isfinite(record.delta_mean):
         value = "—"
     elif math.isfinite(record.delta_std):
         value = f"{_num(record.delta_mean)} ± {_num(record.delta_std)}"
     else:
         value = _num(record.delta_mean)
-    return [value, f"{record.n_in_range}/{record.n_seeds}", record.verdict]
+    return [value, f"{record.n_in_range}/{record.n_seeds}", shown_verdict(record, points)]
 
 
 def verdict_markdown(points: Points, analyses: Sequence[PairAnalysis]) -> str:
     """The verdict and hypervolume tables of every pair, the rule and the notes, as markdown."""
     lines = ["## Pareto verdicts", "", RULE, ""]
+    if points.base_differences:
+        lines += ["The base model's step-0 evaluation differs between runs of a seed (the first run's is the base point):"]
+        lines += [f"- {line}" for line in points.base_differences] + [""]
     for analysis in analyses:
         o = analysis.objective
         lines += [f"### {o.title}", ""]
         if analysis.comparisons:
             front = ", ".join(analysis.baseline)
             lines += [f"Front, per seed: {front} and the base model.", ""]
-            lines += [f"| Configuration | Δ {o.y} at equal {o.x} | in range | verdict | Δ {o.x} at equal {o.y} | in range | verdict |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| Configuration | Δ {o.y} at equal {o.x} | in range | verdict | Δ {o.x} at equal {o.y} | in range | verdict | Monitor |",
+                      "|---|---|---|---|---|---|---|---|"]
             by_label: dict[str, list[FrontComparison]] = {}
             for record in analysis.comparisons:
                 by_label.setdefault(record.label, []).append(record)
             for label, (gain_y, gain_x) in by_label.items():
-                lines.append(f"| {label} | " + " | ".join(_delta_cells(gain_y) + _delta_cells(gain_x)) + " |")
+                cells = _delta_cells(gain_y, points) + _delta_cells(gain_x, points) + [monitor_cell(label, points)]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines += ["", "| Family | Role | Hypervolume (mean ± std) | 95% bootstrap interval |", "|---|---|---|---|"]
             for hv in analysis.hypervolumes:
                 role = points.roles[points.families[hv.family][0]]
@@ -268,54 +363,13 @@ def verdict_markdown(points: Points, analyses: Sequence[PairAnalysis]) -> str:
 
 
 def pareto_json(points: Points, analyses: Sequence[PairAnalysis]) -> dict[str, Any]:
-    """results.json's "pareto" entry: the rule, the seeds, the notes and every pair's records."""
-    return {"rule": RULE, "seeds": points.seeds, "notes": points.notes, "pairs": [a.to_dict() for a in analyses]}
-
-
-def _mean_std(points: SeedPoints, key: str) -> tuple[float, float]:
-    values = np.array([p[key] for p in points.values()], dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
-def plot_fronts(points: Points, analyses: Sequence[PairAnalysis], path: Path) -> Path:
-    """One panel per objective pair: each configuration at its seed mean with seed-std error
-    bars, each family's non-dominated front over its configuration means and the base model
-    joined by a line, the base model in black; one (colour, marker) per family."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    styles = plot_styles(list(points.families))
-    fig, axes = plt.subplots(1, len(analyses), figsize=(7.5 * len(analyses), 5.8), squeeze=False)
-    for ax, analysis in zip(axes[0], analyses):
-        o = analysis.objective
-        (bx, bsx), (by, bsy) = _mean_std(points.base, o.x), _mean_std(points.base, o.y)
-        for family, members in points.families.items():
-            kept = [label for label in members if label in analysis.labels]
-            if not kept:
-                continue
-            color, marker = styles[family]
-            stats = [(_mean_std(points.configurations[label], o.x), _mean_std(points.configurations[label], o.y)) for label in kept]
-            xs, ys = [s[0][0] for s in stats], [s[1][0] for s in stats]
-            ax.errorbar(xs, ys, xerr=[s[0][1] for s in stats], yerr=[s[1][1] for s in stats], fmt=marker, color=color,
-                        markersize=7, capsize=2, elinewidth=0.8, label=f"{family} ({points.roles[kept[0]]})")
-            front = np.array(list(zip(xs, ys)) + [(bx, by)])
-            order = pareto_front(front, maximize=o.maximize)
-            ax.plot(front[order, 0], front[order, 1], color=color, linewidth=1.2, alpha=0.7)
-            for label, x, y in zip(kept, xs, ys):
-                short = label[len(family):].strip(" ()") if label.startswith(family) else label
-                if short:
-                    ax.annotate(short, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=color)
-        ax.errorbar([bx], [by], xerr=[bsx], yerr=[bsy], fmt="o", color="black", markersize=8, capsize=2, label=BASE_LABEL)
-        ax.set_xlabel(AXIS_TITLES.get(o.x, o.x) + " (held-out prompts)")
-        ax.set_ylabel(AXIS_TITLES.get(o.y, o.y) + " (held-out prompts)")
-        if not o.maximize[1]:  # divergences span decades (W2 0.01 for a leashed run, 6 for RAFT)
-            ax.set_yscale("symlog", linthresh=1e-2)
-        ax.set_title(f"{o.title}: seed mean ± std over {len(points.seeds)} seeds; lines = fronts")
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """results.json's "pareto" entry: the rule, the seeds, the notes, the base-model differences, each
+    configuration's alarms per seed and every pair's records (each comparison with its shown verdict)."""
+    pairs = []
+    for analysis in analyses:
+        pair = analysis.to_dict()
+        for record, shown in zip(pair["comparisons"], analysis.comparisons):
+            record["shown_verdict"] = shown_verdict(shown, points)
+        pairs.append(pair)
+    return {"rule": RULE, "seeds": points.seeds, "notes": points.notes, "base_differences": points.base_differences,
+            "alarms": points.alarms, "pairs": pairs}

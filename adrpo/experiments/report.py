@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adrpo.experiments.front_plots import plot_fronts, plot_styles
 from adrpo.experiments.fronts import (
     BASE_LABEL,
+    base_differences,
     has_both_roles,
     pareto_analysis,
     pareto_json,
-    plot_fronts,
-    plot_styles,
+    unfinished_runs,
     verdict_markdown,
 )
 from adrpo.experiments.grids import write_grid
@@ -216,6 +217,14 @@ def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str
     return path
 
 
+def run_notes(results: dict[str, Any]) -> str:
+    """Markdown lines under the table: runs that stopped short of their target step (their row is their last
+    evaluation, not a final one) and seeds whose runs' step-0 evaluations differ (the Base row is each seed's first run's)."""
+    lines = [f"- unfinished: {line}" for line in unfinished_runs(results)]
+    lines += [f"- base model: {line}" for line in base_differences(results)]
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
     """Write a comparison's report into ``output_dir``; returns the paths written, by name.
 
@@ -240,7 +249,7 @@ def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
              "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png")}
     summary = {label: {key: dict(zip(("mean", "std"), mean_std(values))) for key, values in row.items()} for label, row in table.items()}
     extra: dict[str, Any] = {"summary": summary}
-    text = markdown_table(table, metrics=metrics, alarms=first_alarms(results)) + "\n"
+    text = markdown_table(table, metrics=metrics, alarms=first_alarms(results)) + "\n" + run_notes(results)
     if llm:
         plot_trajectories(results, paths["plot"])
     else:
