@@ -1,15 +1,18 @@
 """The audio path on TRL's engine (adrpo/llm/audio.py, issue 11).
 
-Parity with stock TRL for every override on text-only batches (the override called on one trainer equals
-``GRPOTrainer``'s own method called on the same trainer, from the same random state); on audio batches, per-token
+Parity with stock TRL for every override on text-only batches (each override called on our trainer equals the
+same method of a separately built stock ``GRPOTrainer`` on the same model, inputs and random state); on audio batches, per-token
 log-probs equal a direct forward of the model on the same inputs; the features follow their rows through TRL's
 shuffle, split and buffer; tiny Qwen2-Audio and Qwen2.5-Omni thinker models train end to end with fixed-β GRPO
-and with ADRPO (the audio tower learns, the coefficient is logged and equals fixed-β GRPO when collapsed); bad
-audio rows are refused naming the row.
+and with ADRPO (the audio tower learns, the coefficient is logged and equals fixed-β GRPO when collapsed); the
+prompts TRL gathers and logs hold a short reference, not the waveform; clips in every form (arrays, paths,
+``datasets.Audio`` values decoded or not) are read and resampled; bad audio rows are refused naming the row and
+column, and unsupported set-ups at ``__init__``, from the datasets.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -21,7 +24,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from adrpo.errors import ConfigError
 from adrpo.llm import audio
-from adrpo.llm.audio import AudioGRPOTrainer, load_clip, numpy_audio, share_repeated_clips, with_audio_part
+from adrpo.llm.audio import AudioGRPOTrainer, load_clip, readable_audio, share_repeated_clips, with_audio_part
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.tiny_audio import CHAT_TEMPLATE, audio_tokens, tiny_audio_lm, tiny_audio_processor
@@ -83,11 +86,20 @@ def models(tmp_path_factory):
     return out
 
 
+TEXT_ROWS = [{"prompt": [{"role": "user", "content": "ab"}]}, {"prompt": [{"role": "user", "content": "cd"}]}]
+
+
 @pytest.fixture(scope="module")
 def text_trainer(models, tmp_path_factory):
     path, _ = models["text"]
-    rows = [{"prompt": [{"role": "user", "content": "ab"}]}, {"prompt": [{"role": "user", "content": "cd"}]}]
-    return build(AudioGRPOTrainer, path, trainer_args(tmp_path_factory.mktemp("t")), rows)
+    return build(AudioGRPOTrainer, path, trainer_args(tmp_path_factory.mktemp("t")), TEXT_ROWS)
+
+
+@pytest.fixture(scope="module")
+def stock_trainer(models, tmp_path_factory):
+    """A stock GRPOTrainer built like ``text_trainer``: the reference for every parity test."""
+    path, _ = models["text"]
+    return build(GRPOTrainer, path, trainer_args(tmp_path_factory.mktemp("s")), TEXT_ROWS)
 
 
 def text_inputs():
@@ -107,28 +119,31 @@ def assert_same(a, b):
 # ---- parity on text-only batches -------------------------------------------------------------------------------
 
 
-def test_signature_columns_are_stock_plus_audio(text_trainer):
-    text_trainer._signature_columns = None
-    GRPOTrainer._set_signature_columns_if_needed(text_trainer)
-    stock = list(text_trainer._signature_columns)
-    text_trainer._signature_columns = None
-    text_trainer._set_signature_columns_if_needed()
-    assert text_trainer._signature_columns == [*stock, "audio"]
+def test_parity_trainers_start_equal(text_trainer, stock_trainer):
+    ours, stock = text_trainer.model.state_dict(), stock_trainer.model.state_dict()
+    assert ours.keys() == stock.keys() and all(torch.equal(ours[k], stock[k]) for k in ours)
 
 
-def test_text_generation_batch_equals_stock(text_trainer):
-    text_trainer.model.train()
-    torch.manual_seed(3)
-    ours = text_trainer._generate_and_score_completions(text_inputs())
-    torch.manual_seed(3)
-    stock = GRPOTrainer._generate_and_score_completions(text_trainer, text_inputs())
-    assert_same(ours, stock)
+def test_signature_columns_are_stock_plus_audio(text_trainer, stock_trainer):
+    for trainer in (text_trainer, stock_trainer):
+        trainer._signature_columns = None
+        trainer._set_signature_columns_if_needed()
+    assert text_trainer._signature_columns == [*stock_trainer._signature_columns, "audio"]
+
+
+def test_text_generation_batch_equals_stock(text_trainer, stock_trainer):
+    batches = []
+    for trainer in (text_trainer, stock_trainer):
+        trainer.model.train()
+        torch.manual_seed(3)
+        batches.append(trainer._generate_and_score_completions(text_inputs()))
+    assert_same(*batches)
     assert text_trainer._audio_inputs is None
 
 
-def test_text_tokenize_prompts_equals_stock(text_trainer):
+def test_text_tokenize_prompts_equals_stock(text_trainer, stock_trainer):
     prompts = [row["prompt"] for row in text_inputs()]
-    assert text_trainer._tokenize_prompts(prompts) == GRPOTrainer._tokenize_prompts(text_trainer, prompts)
+    assert text_trainer._tokenize_prompts(prompts) == stock_trainer._tokenize_prompts(prompts)
     assert text_trainer._audio_inputs is None
 
 
@@ -139,26 +154,28 @@ def sequences(batch) -> tuple[torch.Tensor, torch.Tensor, int]:
     return ids, mask, batch["completion_ids"].size(1)
 
 
-def test_text_logps_and_loss_equal_stock(text_trainer):
-    trainer = text_trainer
-    trainer.model.train()
+def test_text_logps_and_loss_equal_stock(text_trainer, stock_trainer):
+    text_trainer.model.train()
     torch.manual_seed(4)
-    inputs = trainer._generate_and_score_completions(text_inputs())
+    inputs = text_trainer._generate_and_score_completions(text_inputs())
     ids, mask, keep = sequences(inputs)
-    with torch.no_grad():
-        ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
-        stock = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
-    assert torch.equal(ours[0], stock[0]) and torch.equal(ours[1], stock[1]) and ours[2] is stock[2] is None
-
-    trainer.current_gradient_accumulation_steps = 1
-    grads = []
-    for method in (trainer._compute_loss, lambda m, x: GRPOTrainer._compute_loss(trainer, m, x)):
+    results = []
+    for trainer in (text_trainer, stock_trainer):
+        trainer.model.train()
+        torch.manual_seed(5)
+        with torch.no_grad():
+            logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
+        trainer.current_gradient_accumulation_steps = 1
         trainer.model.zero_grad(set_to_none=True)
-        loss = method(trainer.model, inputs)
+        torch.manual_seed(6)
+        loss = trainer._compute_loss(trainer.model, inputs)
         loss.backward()
-        grads.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
-    assert torch.equal(grads[0][0], grads[1][0])
-    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+        results.append((logps, loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+        trainer.model.zero_grad(set_to_none=True)
+    (ours, our_loss, our_grads), (stock, stock_loss, stock_grads) = results
+    assert torch.equal(ours[0], stock[0]) and torch.equal(ours[1], stock[1]) and ours[2] is stock[2] is None
+    assert torch.equal(our_loss, stock_loss)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, stock_grads))
 
 
 def test_text_model_generation_config_is_stock(models, tmp_path):
@@ -385,7 +402,33 @@ def test_collapsed_adrpo_equals_fixed_beta_on_audio(models, tmp_path):
     torch.testing.assert_close(adrpo_loss, grpo_loss, rtol=1e-6, atol=1e-7)
 
 
-# ---- refusals -----------------------------------------------------------------------------------------------------
+# ---- clip forms, resampling and refusals ---------------------------------------------------------------------------
+
+
+class FakeDecoder:
+    """Like datasets' torchcodec ``AudioDecoder``: indexable by "array" and "sampling_rate", not a Mapping; its
+    "array" is the mean of the channels, and ``metadata.num_channels`` says how many there were."""
+
+    def __init__(self, samples: np.ndarray, rate: int, channels: int = 1):
+        self._samples, self._rate = samples, rate
+        self.metadata = type("Metadata", (), {"num_channels": channels})()
+
+    def __getitem__(self, key: str):
+        if key == "array":
+            return self._samples
+        if key == "sampling_rate":
+            return self._rate
+        raise KeyError(key)
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    import io
+
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
 
 
 def test_load_clip_forms(tmp_path):
@@ -396,19 +439,43 @@ def test_load_clip_forms(tmp_path):
     assert np.array_equal(load_clip({"array": samples, "sampling_rate": RATE}, sampling_rate=RATE, where="row 0"), samples)
     soundfile.write(tmp_path / "a.wav", samples, RATE, subtype="FLOAT")
     np.testing.assert_array_equal(load_clip(str(tmp_path / "a.wav"), sampling_rate=RATE, where="row 0"), samples)
+    np.testing.assert_array_equal(load_clip(tmp_path / "a.wav", sampling_rate=RATE, where="row 0"), samples)
     np.testing.assert_array_equal(load_clip({"path": str(tmp_path / "a.wav")}, sampling_rate=RATE, where="row 0"), samples)
+    # undecoded datasets.Audio rows (decode=False): the bytes when present, else the path
+    undecoded = {"bytes": wav_bytes(samples, RATE), "path": "not/on/disk.wav"}
+    np.testing.assert_array_equal(load_clip(undecoded, sampling_rate=RATE, where="row 0"), samples)
+    np.testing.assert_array_equal(load_clip({"bytes": None, "path": str(tmp_path / "a.wav")}, sampling_rate=RATE, where="row 0"), samples)
+    # a decoded object that is not a Mapping (np.asarray on it used to fail: "setting an array element with a sequence")
+    np.testing.assert_array_equal(load_clip(FakeDecoder(samples, RATE), sampling_rate=RATE, where="row 0"), samples)
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(8000, 1.0), (22050, 1.0), (22050, 0.25), (44100, 0.5)])
+def test_load_clip_resamples_to_the_processor_rate(rate, seconds):
+    """S samples at ``rate`` become ceil(S · 16000 / rate): 8000 -> 16000 and 22050 -> 16000 for one second, 5513 -> 4001
+    for 0.25 s at 22.05 kHz (ceil(5512.5 · 320/441) = ceil(4000.36)); a 440 Hz tone stays at 440 Hz."""
+    n = int(round(rate * seconds))
+    tone = np.sin(2 * np.pi * 440 * np.arange(n) / rate).astype(np.float32)
+    want = math.ceil(n * RATE / rate)
+    for value in ({"array": tone, "sampling_rate": rate}, {"bytes": wav_bytes(tone, rate), "path": None}, FakeDecoder(tone, rate)):
+        out = load_clip(value, sampling_rate=RATE, where="row 0")
+        assert out.dtype == np.float32 and out.shape == (want,)
+        spectrum = np.abs(np.fft.rfft(out))
+        assert abs(np.argmax(spectrum) * RATE / out.size - 440) <= RATE / out.size  # the peak's bin holds 440 Hz
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ({"array": np.zeros(100), "sampling_rate": 8000}, "row 3: audio sampled at 8000 Hz"),
-    (np.zeros((2, 100)), "row 3: audio must be one non-empty mono channel"),
-    ([], "row 3: audio must be one non-empty mono channel"),
-    ("/no/such/file.wav", "row 3: cannot read audio file '/no/such/file.wav'"),
-    ({"bytes": b""}, "row 3: an audio mapping needs 'array'"),
+    ({"array": np.zeros(100), "sampling_rate": 0}, "row 3, column 'audio': the audio's sampling rate must be a positive integer"),
+    (np.zeros((2, 100)), "row 3, column 'audio': audio must be one non-empty mono channel"),
+    ([], "row 3, column 'audio': audio must be one non-empty mono channel"),
+    ("/no/such/file.wav", "row 3, column 'audio': cannot read audio file '/no/such/file.wav'"),
+    ({"bytes": b""}, "row 3, column 'audio': an audio mapping needs 'array'"),
+    ({"bytes": wav_bytes(np.zeros((100, 2), dtype=np.float32), RATE), "path": "s.wav"}, "row 3, column 'audio': audio file 's.wav' has 2 channels"),
+    (FakeDecoder(np.zeros(100, dtype=np.float32), RATE, channels=2), "row 3, column 'audio': the decoded audio has 2 channels"),
+    (FakeDecoder(np.zeros(0, dtype=np.float32), RATE), "row 3, column 'audio': audio must be one non-empty mono channel"),
 ])
-def test_load_clip_refusals_name_the_row(value, message):
+def test_load_clip_refusals_name_the_row_and_column(value, message):
     with pytest.raises(ConfigError, match=message):
-        load_clip(value, sampling_rate=RATE, where="row 3")
+        load_clip(value, sampling_rate=RATE, where="row 3, column 'audio'")
 
 
 def test_stereo_file_is_refused(tmp_path):
@@ -437,13 +504,76 @@ def test_a_batch_mixing_audio_and_text_rows_is_refused(audio_trainer):
     _, trainer = audio_trainer
     rows = audio_inputs()
     rows[5] = {"prompt": rows[5]["prompt"]}
-    with pytest.raises(ConfigError, match=r"rows \[5\] of an audio batch have no audio"):
+    with pytest.raises(ConfigError, match=r"batch row 5 of an audio batch have no audio"):
         trainer._generate_and_score_completions(rows)
 
 
-def test_audio_rows_on_a_text_model_are_refused(text_trainer):
-    with pytest.raises(ConfigError, match="has no feature_extractor"):
+def test_audio_batch_on_a_trainer_built_without_audio_is_refused(text_trainer):
+    with pytest.raises(ConfigError, match="audio rows, but the trainer's datasets had none when it was built"):
         text_trainer._generate_and_score_completions(audio_inputs())
+
+
+def test_audio_rows_on_a_text_model_are_refused_at_init(models, tmp_path):
+    path, _ = models["text"]
+    with pytest.raises(ConfigError, match="train_dataset hold audio, but the processor .* has no feature_extractor"):
+        build(AudioGRPOTrainer, path, trainer_args(tmp_path), audio_rows())
+
+
+def test_unsupported_audio_setups_are_refused_at_init_from_the_datasets(models, tmp_path, monkeypatch):
+    """Every rank builds the trainer from the same datasets, so each refuses alike; vLLM is refused before TRL starts it."""
+    path, _ = models["qwen2_audio"]
+    started = []
+    real_init = GRPOTrainer.__init__
+
+    @functools.wraps(real_init)
+    def init(self, *args, **kwargs):
+        started.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", init)
+    with pytest.raises(ConfigError, match="train_dataset hold audio, which is trained with transformers' generate only; not with use_vllm"):
+        build(AudioGRPOTrainer, path, trainer_args(tmp_path, use_vllm=True), audio_rows())
+    with pytest.raises(ConfigError, match="not with tools"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            AudioGRPOTrainer(model=str(path), reward_funcs=vowels, args=trainer_args(tmp_path), train_dataset=Dataset.from_list(audio_rows()),
+                             tools=[vowels])
+    assert not started
+    text_row = {"prompt": [{"role": "user", "content": "no clip"}], "audio": None}
+    with pytest.raises(ConfigError, match=r"eval_dataset: no audio in row 1, row 3: every row of a dataset with an 'audio' column"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            AudioGRPOTrainer(str(path), vowels, trainer_args(tmp_path), Dataset.from_list(audio_rows()),
+                             Dataset.from_list([audio_rows()[0], text_row, audio_rows()[1], text_row]))
+    assert not started
+
+
+def test_logged_prompts_hold_a_reference_not_the_waveform(models, tmp_path):
+    """TRL gathers every rank's prompts and, with log_completions, writes them to parquet (stripping images only): the
+    audio part of each holds a short reference string (the row's id here), never the clip's samples."""
+    import pandas as pd
+
+    path, _ = models["qwen2_audio"]
+    rows = [{**row, "id": "abcd"[i]} for i, row in enumerate(audio_rows())]
+    args = trainer_args(tmp_path, max_steps=1, log_completions=True)
+    trainer = build(AudioGRPOTrainer, path, args, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+
+    def audio_parts(prompt):
+        return [part for message in prompt if isinstance(message["content"], (list, np.ndarray)) for part in message["content"]
+                if part["type"] == "audio"]
+
+    logged = list(trainer._logs["prompt"])
+    assert len(logged) == 8
+    for prompt in logged:
+        (part,) = audio_parts(prompt)
+        assert isinstance(part["audio"], str) and len(part["audio"]) < 40 and part["audio"].startswith("<audio: id '")
+    table = pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")
+    for prompt in table["prompt"]:
+        (part,) = audio_parts(prompt)
+        assert part["audio"] in {f"<audio: id '{c}', {len(clip(i)) / RATE:.2f} s>" for i, c in enumerate("abcd")}
 
 
 def test_omni_thinker_of_a_full_checkpoint_trains_with_its_own_reference(models, tmp_path, monkeypatch):
@@ -481,7 +611,7 @@ def test_audio_arrays_reach_the_trainer_as_numpy(models, tmp_path):
     assert isinstance(row["audio"], np.ndarray) and row["audio"].dtype == np.float32
     assert row["prompt"] == [{"role": "user", "content": "clip a"}]  # the other columns as before
     paths = Dataset.from_list([{"prompt": "p", "audio": "a.wav"}])
-    assert numpy_audio(paths) is paths  # paths are left alone
+    assert readable_audio(paths) is paths  # paths are left alone
 
 
 def test_audio_given_as_a_prompt_part_with_a_file_path(audio_trainer, tmp_path):

@@ -164,12 +164,12 @@ def test_load_avqa_json_list(tmp_path):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (_avqa(1, answer=4), r"row 1 \(line 2\) \(id '101'\): answer index 4 is out of range for 4 choices"),
-        (_avqa(1, answer=True), r"row 1 \(line 2\) \(id '101'\): answer True is not among the choices"),
+        (_avqa(1, answer=4), r"row 1 \(line 2, id '101'\): answer index 4 is out of range for 4 choices"),
+        (_avqa(1, answer=True), r"row 1 \(line 2, id '101'\): answer True is not among the choices"),
         (_avqa(1, answer="cat"), r"answer 'cat' is not among the choices"),
         (_avqa(1, video_path=None), r"missing field\(s\) 'audio_path' or 'audio' or 'video_path'"),
         (_avqa(1, category="noise"), r"unknown category category='noise'"),
-        (_avqa(1, video_path="audios/missing.wav"), r"row 1 \(line 2\) \(id '101'\): audio file .*missing\.wav"),
+        (_avqa(1, video_path="audios/missing.wav"), r"row 1 \(line 2, id '101'\): audio file .*missing\.wav"),
     ],
 )
 def test_load_avqa_refuses_bad_rows(tmp_path, bad, message):

@@ -33,10 +33,10 @@ object per non-blank line; chosen by the ``.jsonl`` suffix), with
   alone is not accepted: it names a clip, not a file);
 - optionally ``task`` or ``category`` as above; the row's ``category`` is None without one.
 
-Every refusal is a :class:`adrpo.errors.ConfigError` naming the file, the row index (0-based,
-JSON Lines: also the line number) and the row's id: missing or mistyped fields, an answer not
-among the choices, an unknown category, a duplicate id, and a missing audio file (the last one
-skipped with ``check_audio=False``).
+Every refusal is a :class:`adrpo.errors.ConfigError` naming the file and the row as
+:func:`row_label` does (the 0-based row index, then the line number for JSON Lines and the row's
+id): missing or mistyped fields, an answer not among the choices, an unknown category, a duplicate
+id, and a missing audio file (the last one skipped with ``check_audio=False``).
 
 **Evaluation** (:func:`category_accuracy`, :func:`seed_summary`, :func:`accuracy_table`): per
 seed a list of ``(category, correct)`` results -> accuracy per category and in total, in
@@ -61,6 +61,17 @@ CATEGORIES = ("sound", "music", "speech")
 TABLE_COLUMNS = {"sound": "Sound (%)", "music": "Music (%)", "speech": "Speech (%)", "total": "Total (%)"}
 
 _NOT_WORD = re.compile(r"[\W_]+")
+
+
+def row_label(index: int, *, line: int | None = None, id: str | None = None) -> str:
+    """How every refusal of adrpo names a dataset row: its 0-based index, then the file's line number
+    (1-based, JSON Lines) and the row's id where known.
+
+    >>> row_label(1, line=2, id="101")
+    "row 1 (line 2, id '101')"
+    """
+    known = ([f"line {line}"] if line is not None else []) + ([f"id {id!r}"] if id is not None else [])
+    return f"row {index}" + (f" ({', '.join(known)})" if known else "")
 
 
 def normalize_choice(text: str) -> str:
@@ -148,12 +159,11 @@ def _rows(path: Path, items: list[tuple[int, int | None, Any]], fields: Mapping[
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for index, line_number, item in items:
-        where = f"{path}: row {index}" + (f" (line {line_number})" if line_number is not None else "")
+        found_id = _first(item, fields["id"]) if isinstance(item, dict) else None
+        usable_id = found_id is not None and not isinstance(found_id[1], bool) and isinstance(found_id[1], (str, int))
+        where = f"{path}: {row_label(index, line=line_number, id=str(found_id[1]) if usable_id else None)}"
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {type(item).__name__}")
-        found_id = _first(item, fields["id"])
-        if found_id is not None and not isinstance(found_id[1], bool) and isinstance(found_id[1], (str, int)):
-            where += f" (id {str(found_id[1])!r})"
         row = _row(item, where, path.parent, fields, category_required=category_required, index_answers=index_answers,
                    check_audio=check_audio)
         if row["id"] in seen:

@@ -5,41 +5,54 @@ a fixed list of image arguments to its log-prob forward. :class:`AudioGRPOTraine
 with small overrides and leaves every other part (sampling, rewards, advantages, the loss
 types, buffering, DDP/DeepSpeed) to TRL:
 
-- ``__init__`` (wrapped): audio columns stored as lists of samples are read as numpy arrays
-  (:func:`numpy_audio`; accelerate would walk a list sample by sample), and the model's audio token
-  is never sampled (TRL suppresses the image token only, and reads ``config.image_token_id``, which
+- ``__init__`` (wrapped): the audio columns of the train and eval datasets are made readable
+  (:func:`readable_audio`: ``datasets.Audio`` columns undecoded, read with soundfile; lists of samples
+  as numpy arrays, since accelerate would walk a list sample by sample); a dataset with audio (an
+  ``audio`` column, or an audio part in its first row's prompt) is checked here, from the arguments,
+  on every rank and before TRL starts vLLM (see "Refused" below); and the model's audio token is never
+  sampled (TRL suppresses the image token only, and reads ``config.image_token_id``, which
   Qwen2-Audio's config lacks, so it reads the audio token's id while TRL's ``__init__`` runs).
 
 - ``_set_signature_columns_if_needed``: the ``audio`` column survives ``remove_unused_columns``.
-- ``_generate_and_score_completions`` (wrapped): each row's clip is read (:func:`load_clip`) and
-  put into its conversational prompt as an audio part (:func:`with_audio_part`). TRL renders the
-  prompts with the model's processor, whose feature extractor turns the clips into
-  ``input_features`` (B, M, F) (M mel bins, F frames) and ``feature_attention_mask`` (B, F), one
-  row per completion since TRL repeats every prompt for its G generations (each distinct clip is
-  extracted once and its rows repeated: :func:`share_repeated_clips`). TRL's own code passes
-  them to ``generate``; the batch returned carries them, so TRL's shuffle, split into
-  micro-batches and buffer over ``steps_per_generation`` move them with their rows.
-- ``_tokenize_prompts`` (wrapped): keeps the features the processor made, for the old-policy and
-  reference forwards of the same call.
+- ``_generate_and_score_completions`` (wrapped): each row's clip is read and resampled to the feature
+  extractor's rate (:func:`load_clip`) and its conversational prompt gets an audio part holding a short
+  reference (:func:`audio_reference`, the file path or the row's id), which is what TRL copies, passes to
+  the reward functions, gathers from every rank and logs (``log_completions``), instead of the waveform.
+- ``_tokenize_prompts`` (wrapped): puts the clips into the audio parts (:func:`with_audio_part`) and has
+  the model's processor render them; its feature extractor turns the clips into ``input_features``
+  (B, M, F) (M mel bins, F frames) and ``feature_attention_mask`` (B, F), one row per completion since TRL
+  repeats every prompt for its G generations (each distinct clip is extracted once and its rows repeated:
+  :func:`share_repeated_clips`). It keeps these features for the old-policy and reference forwards of the
+  same call; TRL's own code passes them to ``generate``; the batch returned carries them, so TRL's
+  shuffle, split into micro-batches and buffer over ``steps_per_generation`` move them with their rows.
 - ``_get_per_token_logps_and_entropies``: with audio, TRL's own function per chunk of rows, on the
   model bound to that chunk's features (:class:`_WithAudio`); without, TRL's function unchanged.
   ``_compute_loss`` (wrapped) provides the batch's features for the policy forward.
 
 On a text-only batch every override is TRL's code path exactly (tests/test_audio.py compares each
-with the stock trainer); on an audio batch the per-token log-probs equal a direct forward of the
+with a stock trainer); on an audio batch the per-token log-probs equal a direct forward of the
 model. :class:`adrpo.llm.trainer.ADRPOTrainer` derives from this class, so fixed-β GRPO and ADRPO
 share the audio path and the per-sample coefficient is unchanged.
 
-Supported: one clip per row, in every row of a batch, with transformers' ``generate``. Refused with
-a :class:`adrpo.errors.ConfigError`: vLLM (TRL passes vLLM images only: it would need the clips as
-``multi_modal_data={"audio": (array, rate)}`` in ``vllm_generation.generate`` and an audio-capable
-vLLM model), tools, environments and ``rollout_func`` (they re-render prompts outside this path).
+Supported: one clip per row, in every row of a dataset, with transformers' ``generate``; clips as
+arrays, file paths or ``datasets.Audio`` values (:func:`load_clip`). Refused with a
+:class:`adrpo.errors.ConfigError` at ``__init__``: rows of an ``audio`` column without a clip, a processor
+without a feature extractor, vLLM (TRL passes vLLM images only: it would need the clips as
+``multi_modal_data={"audio": (array, rate)}`` in ``vllm_generation.generate`` and an audio-capable vLLM
+model), tools, environments and ``rollout_func`` (they re-render prompts outside this path). Clips that
+are multi-channel, empty or unreadable are refused when a batch reads them, naming the batch row and
+its id (:mod:`adrpo.prompts` checks every row of a dataset file before training).
 """
 
 from __future__ import annotations
 
+import inspect
+import io
+import math
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,52 +68,146 @@ FEATURE_KEYS = ("input_features", "feature_attention_mask")
 def load_clip(value: Any, *, sampling_rate: int, where: str) -> np.ndarray:
     """A mono clip as a (S,) float32 array of samples at ``sampling_rate``.
 
-    ``value`` is a sequence of samples (already at ``sampling_rate``), a path to an audio file
-    (read with soundfile), or a ``datasets.Audio`` mapping with ``array`` and ``sampling_rate``,
-    or with ``path``. Clips are never resampled: another rate is refused.
+    ``value`` is one of:
+
+    - a sequence or array of samples, taken to be at ``sampling_rate`` already;
+    - a path (``str`` or ``os.PathLike``) to an audio file, read with soundfile;
+    - a ``datasets.Audio`` value: a mapping with ``array`` and ``sampling_rate``; an undecoded row
+      (``Audio(decode=False)``, how :func:`readable_audio` gives hub columns out) ``{"bytes", "path"}``,
+      read from the bytes when present, else from the path; or a decoded object that is not a mapping but
+      is indexable by ``"array"`` and ``"sampling_rate"`` (datasets' torchcodec ``AudioDecoder``, recognised
+      by those keys, not by its class; its ``metadata.num_channels``, when it has one, is checked too, since
+      its ``"array"`` is the mean of the channels).
+
+    A clip at another rate is resampled to ``sampling_rate`` (:func:`resample`).
 
     Raises:
-        ConfigError: naming ``where`` (the row), for an unreadable file, another sampling rate,
-            more than one channel or an empty clip.
+        ConfigError: naming ``where`` (the row and column), for an unreadable file, more than one channel,
+            an empty clip or a sampling rate that is not a positive integer.
     """
-    rate = sampling_rate
-    if isinstance(value, Mapping):
-        if value.get("array") is not None:
-            value, rate = value["array"], value.get("sampling_rate", sampling_rate)
-        elif value.get("path"):
-            value = value["path"]
-        else:
-            raise ConfigError(f"{where}: an audio mapping needs 'array' (and 'sampling_rate') or 'path', got keys {sorted(value)}")
-    if isinstance(value, str):
-        value, rate = _read_audio_file(value, where)
-    clip = np.asarray(value, dtype=np.float32)
+    clip, rate = _mono_clip(value, sampling_rate, where)
+    return clip if rate == sampling_rate else resample(clip, from_rate=rate, to_rate=sampling_rate)
+
+
+def _mono_clip(value: Any, rate: int, where: str) -> tuple[np.ndarray, int]:
+    """The (S,) float32 samples of ``value`` and their rate (``rate`` when ``value`` does not say), checked."""
+    samples, rate = _samples_and_rate(value, rate, where)
+    clip = np.asarray(samples, dtype=np.float32)
     if clip.ndim == 2 and 1 in clip.shape:
         clip = clip.reshape(-1)
     if clip.ndim != 1 or clip.size == 0:
         raise ConfigError(f"{where}: audio must be one non-empty mono channel, got an array of shape {clip.shape}")
-    if rate != sampling_rate:
-        raise ConfigError(f"{where}: audio sampled at {rate} Hz, but the model's feature extractor expects {sampling_rate} Hz; resample it first")
-    return clip
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ConfigError(f"{where}: the audio's sampling rate must be a positive integer, got {rate!r}")
+    return clip, int(rate)
 
 
-def _read_audio_file(path: str, where: str) -> tuple[np.ndarray, int]:
+def resample(clip: np.ndarray, *, from_rate: int, to_rate: int) -> np.ndarray:
+    """``clip`` (S,) resampled from ``from_rate`` to ``to_rate`` Hz: (ceil(S · to_rate / from_rate),) float32.
+
+    Polyphase filtering (``scipy.signal.resample_poly`` with its default Kaiser-windowed anti-aliasing
+    filter) by the reduced ratio ``to_rate / from_rate``: 22050 -> 16000 Hz is up 320, down 441.
+    """
+    from scipy.signal import resample_poly
+
+    common = math.gcd(from_rate, to_rate)
+    return resample_poly(clip, to_rate // common, from_rate // common).astype(np.float32)
+
+
+def audio_problem(value: Any) -> str | None:
+    """Why the clip ``value`` (any form :func:`load_clip` takes) cannot be trained on, or None if it can.
+
+    Files and bytes are judged from their header (``soundfile.info``: readable, one channel, at least one
+    frame) without decoding them; arrays by their shape; decoded objects by their ``"array"``. The
+    sampling rate is no problem: :func:`load_clip` resamples.
+    """
+    if isinstance(value, Mapping) and value.get("array") is None:
+        if value.get("bytes"):
+            return _header_problem(io.BytesIO(value["bytes"]), value.get("path") or "<bytes>")
+        if value.get("path"):
+            value = value["path"]
+        else:
+            return f"an audio mapping needs 'array', 'bytes' or 'path', got keys {sorted(value)}"
+    if isinstance(value, (str, os.PathLike)):
+        if not Path(value).is_file():
+            return f"audio file {str(value)!r} does not exist"
+        return _header_problem(value, str(value))
+    try:
+        _mono_clip(value, 1, "")
+    except ConfigError as err:
+        return str(err).removeprefix(": ")
+    return None
+
+
+def _header_problem(source: Any, name: str) -> str | None:
+    soundfile = _soundfile(name)
+    try:
+        info = soundfile.info(source)
+    except (OSError, RuntimeError) as err:  # soundfile raises LibsndfileError, a RuntimeError
+        return f"cannot read audio {name!r} ({err})"
+    if info.channels != 1:
+        return f"audio {name!r} has {info.channels} channels; mono audio is expected"
+    if info.frames == 0:
+        return f"audio {name!r} is empty (0 samples)"
+    return None
+
+
+def _samples_and_rate(value: Any, rate: int, where: str) -> tuple[Any, Any]:
+    """The samples of ``value`` (an array-like, (S,) for mono) and their rate (``rate`` when not given)."""
+    if isinstance(value, (str, os.PathLike)):
+        return _read_audio(value, str(value), where)
+    if isinstance(value, Mapping):
+        if value.get("array") is not None:
+            return value["array"], rate if value.get("sampling_rate") is None else value["sampling_rate"]
+        if value.get("bytes"):
+            return _read_audio(io.BytesIO(value["bytes"]), value.get("path") or "<bytes>", where)
+        if value.get("path"):
+            return _read_audio(value["path"], value["path"], where)
+        raise ConfigError(f"{where}: an audio mapping needs 'array' (and 'sampling_rate'), 'bytes' or 'path', got keys {sorted(value)}")
+    decoded = _decoded(value)
+    if decoded is None:
+        return value, rate
+    channels = getattr(getattr(value, "metadata", None), "num_channels", None)
+    if isinstance(channels, int) and channels != 1:
+        raise ConfigError(f"{where}: the decoded audio has {channels} channels; mono audio is expected")
+    return decoded
+
+
+def _decoded(value: Any) -> tuple[Any, Any] | None:
+    """``(value["array"], value["sampling_rate"])`` for a decoded audio object that is not a mapping; None otherwise."""
+    if isinstance(value, (np.ndarray, torch.Tensor, list, tuple, bytes, bytearray)) or not hasattr(value, "__getitem__"):
+        return None
+    try:
+        return value["array"], value["sampling_rate"]
+    except (KeyError, TypeError, IndexError, ValueError):
+        return None
+
+
+def _soundfile(name: str) -> Any:
     try:
         import soundfile
     except ImportError as err:
-        raise ConfigError(f"{where}: reading audio files needs soundfile: pip install 'adrpo[audio]'") from err
+        raise ConfigError(f"reading audio {name!r} needs soundfile: pip install 'adrpo[audio]'") from err
+    return soundfile
+
+
+def _read_audio(source: Any, name: str, where: str) -> tuple[np.ndarray, int]:
+    """The (S,) samples of a mono audio file (a path or a file object) and its rate."""
+    soundfile = _soundfile(name)
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (S, channels)
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)  # (S, channels)
     except (OSError, RuntimeError) as err:  # soundfile raises LibsndfileError, a RuntimeError
-        raise ConfigError(f"{where}: cannot read audio file {path!r} ({err})") from err
+        raise ConfigError(f"{where}: cannot read audio file {name!r} ({err})") from err
     if samples.shape[1] != 1:
-        raise ConfigError(f"{where}: audio file {path!r} has {samples.shape[1]} channels; mono audio is expected")
+        raise ConfigError(f"{where}: audio file {name!r} has {samples.shape[1]} channels; mono audio is expected")
     return samples[:, 0], rate
 
 
-def with_audio_part(prompt: list[dict[str, Any]], clip: np.ndarray, *, where: str) -> list[dict[str, Any]]:
-    """The conversational ``prompt`` with ``clip`` as its audio part (a new list; ``prompt`` is unchanged).
+def with_audio_part(prompt: list[dict[str, Any]], clip: Any, *, where: str) -> list[dict[str, Any]]:
+    """The conversational ``prompt`` with ``clip`` (an array, or any payload) as its audio part (a new list;
+    ``prompt`` is unchanged).
 
-    The clip fills the one ``{"type": "audio"}`` placeholder; without a placeholder it goes before
+    The clip fills the one ``{"type": "audio"}`` part (whatever it held); without one it goes before
     the text of the first user message (TRL's convention for images).
 
     Raises:
@@ -197,10 +304,11 @@ def extracting_each_clip_once(processor: Any) -> Iterator[None]:
         processor.feature_extractor = extractor
 
 
-def _audio_payload(row: Mapping[str, Any], where: str) -> Any | None:
-    """The row's clip: its ``audio`` column, else the payload of an audio part of its prompt; None without audio."""
+def _audio_payload(row: Mapping[str, Any], where: str) -> tuple[Any, str] | None:
+    """The row's clip and where it sits (``column 'audio'`` or ``the prompt's audio part``): its ``audio`` column,
+    else the payload of an audio part of its prompt; None without audio."""
     if row.get(AUDIO_COLUMN) is not None:
-        return row[AUDIO_COLUMN]
+        return row[AUDIO_COLUMN], f"column {AUDIO_COLUMN!r}"
     prompt = row.get("prompt")
     if not isinstance(prompt, list):
         return None
@@ -208,21 +316,68 @@ def _audio_payload(row: Mapping[str, Any], where: str) -> Any | None:
                 for part in m["content"] if part.get("type") == "audio" and part.get("audio") is not None]
     if len(payloads) > 1:
         raise ConfigError(f"{where}: the prompt has {len(payloads)} audio parts; one clip per row is supported")
-    return payloads[0] if payloads else None
+    return (payloads[0], "the prompt's audio part") if payloads else None
 
 
-def numpy_audio(dataset: Any) -> Any:
-    """``dataset`` with its ``audio`` column read as numpy arrays when it stores plain lists of samples (a
-    ``datasets.Dataset`` without a format); anything else unchanged (``datasets.Audio`` columns decode to
-    arrays already). A mapping of datasets (TRL's several eval sets) is handled per entry."""
+def audio_reference(payload: Any, clip: np.ndarray, row: Mapping[str, Any], *, sampling_rate: int) -> str:
+    """A short text standing for a row's clip where prompts are gathered and logged: its file path if it has one,
+    else the row's id, and its duration: ``"<audio: data/a.wav, 1.00 s>"``, ``"<audio: id 'q1', 1.00 s>"``."""
+    path = payload.get("path") if isinstance(payload, Mapping) else payload if isinstance(payload, (str, os.PathLike)) else None
+    name = str(path) if path else f"id {str(row['id'])!r}" if row.get("id") is not None else None
+    seconds = f"{clip.size / sampling_rate:.2f} s"
+    return f"<audio: {name}, {seconds}>" if name else f"<audio: {seconds}>"
+
+
+def has_audio(dataset: Any) -> bool:
+    """Whether ``dataset`` (a ``datasets`` dataset, or a mapping of them) has an ``audio`` column, or its first
+    row an audio part in its prompt."""
+    if isinstance(dataset, Mapping):
+        return any(has_audio(d) for d in dataset.values())
     from datasets import Dataset
 
+    columns = getattr(dataset, "column_names", None) or []
+    if AUDIO_COLUMN in columns:
+        return True
+    if not isinstance(dataset, Dataset) or "prompt" not in columns or not len(dataset):
+        return False
+    return _audio_payload({"prompt": dataset.select_columns(["prompt"])[0]["prompt"]}, "row 0") is not None
+
+
+def rows_without_audio(dataset: Any) -> list[int]:
+    """The 0-based indices of the rows of ``dataset`` (a ``datasets.Dataset``) whose ``audio`` column is null; []
+    without the column or for other datasets. Reads the column's null flags only, batch by batch."""
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or AUDIO_COLUMN not in dataset.column_names:
+        return []
+    missing, start = [], 0
+    for batch in dataset.select_columns([AUDIO_COLUMN]).with_format("arrow").iter(batch_size=1024):
+        nulls = batch.column(AUDIO_COLUMN).is_null().to_numpy(zero_copy_only=False)
+        missing.extend((start + np.flatnonzero(nulls)).tolist())
+        start += len(nulls)
+    return missing
+
+
+def readable_audio(dataset: Any) -> Any:
+    """``dataset`` with its ``audio`` column in the forms :func:`load_clip` reads fast, with the locked packages:
+
+    - ``datasets.Audio`` (every hub audio dataset) cast to ``Audio(decode=False)``: rows ``{"bytes", "path"}``,
+      decoded by soundfile in :func:`load_clip` (decoding with datasets needs torchcodec, whose PyPI wheels do not
+      load with the CPU build of torch);
+    - plain lists of samples (a ``datasets.Dataset`` without a format) given out as numpy arrays, since
+      accelerate would walk a list sample by sample.
+
+    Anything else is returned unchanged; a mapping of datasets (TRL's several eval sets) is handled per entry."""
+    from datasets import Audio, Dataset
+
     if isinstance(dataset, Mapping):
-        return {name: numpy_audio(d) for name, d in dataset.items()}
-    if not isinstance(dataset, Dataset) or AUDIO_COLUMN not in dataset.column_names or dataset.format["type"] is not None:
+        return {name: readable_audio(d) for name, d in dataset.items()}
+    if not isinstance(dataset, Dataset) or AUDIO_COLUMN not in dataset.column_names:
         return dataset
     feature = dataset.features[AUDIO_COLUMN]
-    if getattr(getattr(feature, "feature", None), "dtype", "").startswith(("float", "int")):
+    if isinstance(feature, Audio):
+        return dataset if not feature.decode else dataset.cast_column(AUDIO_COLUMN, Audio(decode=False))
+    if dataset.format["type"] is None and getattr(getattr(feature, "feature", None), "dtype", "").startswith(("float", "int")):
         return dataset.with_format("numpy", columns=[AUDIO_COLUMN], output_all_columns=True)
     return dataset
 
@@ -249,6 +404,28 @@ def _audio_token_as_image_token(model, args) -> Iterator[None]:
         config_cls.attribute_map = probe
 
 
+def _refuse_unsupported(audio_sets: list[str], values: Mapping[str, Any]) -> None:
+    """Refuse what the audio path does not support, from GRPOTrainer's arguments ``values``, naming the datasets.
+
+    Raises:
+        ConfigError: for vLLM, tools, environments or a ``rollout_func``; or rows of an ``audio`` column without a clip.
+    """
+    for key in audio_sets:
+        for name, dataset in (values[key].items() if isinstance(values[key], Mapping) else [(None, values[key])]):
+            missing = rows_without_audio(dataset)
+            if missing:
+                label = key if name is None else f"{key}[{name!r}]"
+                rows = ", ".join(f"row {i}" for i in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise ConfigError(f"{label}: no audio in {rows}: every row of a dataset with an 'audio' column needs one clip")
+    args = values.get("args")
+    unsupported = {"use_vllm": bool(getattr(args, "use_vllm", False)), "tools": bool(values.get("tools")),
+                   "environment_factory": values.get("environment_factory") is not None, "rollout_func": values.get("rollout_func") is not None}
+    if any(unsupported.values()):
+        names = [name for name, on in unsupported.items() if on]
+        raise ConfigError(f"{' and '.join(audio_sets)} hold audio, which is trained with transformers' generate only; "
+                          f"not with {', '.join(names)}")
+
+
 class _WithAudio:
     """``model`` called with the audio features of the rows it scores added to its inputs."""
 
@@ -268,21 +445,30 @@ class AudioGRPOTrainer(GRPOTrainer):
     """
 
     _audio_inputs: dict[str, torch.Tensor] | None = None  # the features of the rows being scored
+    _batch_clips: list[np.ndarray] | None = None  # the clips of the batch being generated, one per prompt
 
     def __init__(self, model, *args, **kwargs):
-        # datasets hands array columns out as Python lists, which accelerate then walks float by float when it moves
-        # each batch to the device (39 of 46 s of a CPU miniature run): give the audio column out as numpy arrays
-        args = tuple(numpy_audio(a) if i in (2, 3) else a for i, a in enumerate(args))  # train_dataset, eval_dataset
-        kwargs = {k: numpy_audio(v) if k in ("train_dataset", "eval_dataset") else v for k, v in kwargs.items()}
+        bound = inspect.signature(GRPOTrainer.__init__).bind(self, model, *args, **kwargs)
+        values = bound.arguments
+        for key in ("train_dataset", "eval_dataset"):
+            if values.get(key) is not None:
+                values[key] = readable_audio(values[key])
+        audio_sets = [key for key in ("train_dataset", "eval_dataset") if values.get(key) is not None and has_audio(values[key])]
+        if audio_sets:  # on every rank, from the datasets alone, and before TRL starts vLLM
+            _refuse_unsupported(audio_sets, values)
         # TRL's __init__ suppresses `model.config.image_token_id` in sampling for every processor-based model;
         # Qwen2-Audio's config has no image token, and a sampled audio token would mismatch the audio features.
-        with _audio_token_as_image_token(model, kwargs.get("args") or (args[1] if len(args) > 1 else None)):
-            super().__init__(model, *args, **kwargs)
+        with _audio_token_as_image_token(model, values.get("args")):
+            super().__init__(*bound.args[1:], **bound.kwargs)
+        if audio_sets and getattr(self.processing_class, "feature_extractor", None) is None:
+            raise ConfigError(f"{' and '.join(audio_sets)} hold audio, but the processor {type(self.processing_class).__name__} has no "
+                              "feature_extractor: is the model an audio-language model?")
         audio_token = getattr(self.model.config, "audio_token_id", None)
         if audio_token is not None and not self.use_vllm and hasattr(self, "generation_kwargs"):
             suppressed = sorted({*(self.generation_kwargs.get("suppress_tokens") or []), audio_token})
             self.generation_kwargs["suppress_tokens"] = suppressed
             self.generation_config.suppress_tokens = suppressed
+        self._audio_checked = bool(audio_sets)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -290,14 +476,23 @@ class AudioGRPOTrainer(GRPOTrainer):
             self._signature_columns = [*self._signature_columns, AUDIO_COLUMN]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        payloads = [_audio_payload(row, f"row {i}") for i, row in enumerate(inputs)]
+        wheres = [f"batch row {i}" + (f" (id {str(row['id'])!r})" if row.get("id") is not None else "") for i, row in enumerate(inputs)]
+        payloads = [_audio_payload(row, where) for row, where in zip(inputs, wheres)]
         if all(p is None for p in payloads):
             return super()._generate_and_score_completions(inputs)
-        self._check_audio_supported(payloads)
+        missing = [where for where, p in zip(wheres, payloads) if p is None]
+        if missing or not self._audio_checked:
+            # only datasets whose audio is in their prompts, not in their first row, get here: checked at __init__ otherwise
+            problem = f"{', '.join(missing[:5])} of an audio batch have no audio" if missing else \
+                f"{wheres[0]}: audio rows, but the trainer's datasets had none when it was built (in an 'audio' column or row 0's prompt)"
+            raise ConfigError(f"{problem}: every row needs one clip, so that the trainer checks its datasets at __init__")
         rate = self.processing_class.feature_extractor.sampling_rate
-        wheres = [f"row {i}" + (f" (id {row['id']!r})" if "id" in row else "") for i, row in enumerate(inputs)]
-        clips = share_repeated_clips([load_clip(payload, sampling_rate=rate, where=where) for payload, where in zip(payloads, wheres)])
-        rows = [{**row, "prompt": with_audio_part(row["prompt"], clip, where=where)} for row, clip, where in zip(inputs, clips, wheres)]
+        clips = share_repeated_clips([load_clip(value, sampling_rate=rate, where=f"{where}, {source}")
+                                      for (value, source), where in zip(payloads, wheres)])
+        # the prompts TRL copies, gathers from every rank and logs hold a short reference; _tokenize_prompts puts the clips back
+        rows = [{**row, "prompt": with_audio_part(row["prompt"], audio_reference(value, clip, row, sampling_rate=rate), where=where)}
+                for row, (value, _), clip, where in zip(inputs, payloads, clips, wheres)]
+        self._batch_clips = clips
         try:
             with extracting_each_clip_once(self.processing_class):
                 output = super()._generate_and_score_completions(rows)
@@ -306,23 +501,15 @@ class AudioGRPOTrainer(GRPOTrainer):
             output.update(self._audio_inputs)
         finally:
             self._audio_inputs = None
+            self._batch_clips = None
         return output
 
-    def _check_audio_supported(self, payloads: list[Any]) -> None:
-        missing = [i for i, p in enumerate(payloads) if p is None]
-        if missing:
-            raise ConfigError(f"rows {missing[:5]} of an audio batch have no audio: every row needs one clip (column 'audio' or an audio part)")
-        if getattr(self.processing_class, "feature_extractor", None) is None:
-            raise ConfigError(f"audio rows, but the processor {type(self.processing_class).__name__} has no feature_extractor: "
-                              "is the model an audio-language model?")
-        args = self.args
-        unsupported = {"use_vllm": args.use_vllm, "tools": bool(self.tools), "environment_factory": self.environment_factories is not None,
-                       "rollout_func": self.rollout_func is not None}
-        if any(unsupported.values()):
-            names = [name for name, on in unsupported.items() if on]
-            raise ConfigError(f"audio rows are trained with transformers' generate only; not with {', '.join(names)}")
-
     def _tokenize_prompts(self, prompts: list):
+        clips = self._batch_clips
+        if clips is not None:
+            if len(prompts) != len(clips):
+                raise RuntimeError(f"{len(prompts)} prompts to render for the {len(clips)} clips of the batch: TRL's generation has changed")
+            prompts = [with_audio_part(prompt, clip, where=f"batch row {i}") for i, (prompt, clip) in enumerate(zip(prompts, clips))]
         prompt_ids, images, fields = super()._tokenize_prompts(prompts)
         if "input_features" in fields:
             device = self.accelerator.device
