@@ -1,0 +1,124 @@
+"""Exact resume for TRL's GRPOTrainer: a run stopped after a checkpoint (``kill -9`` included) and continued
+with ``resume_from_checkpoint`` gives the same weights and logged rows as a run never stopped.
+
+transformers restores the model, optimizer, scheduler, RNG states and ``TrainerState`` and skips the batches
+already consumed; three parts of TRL 1.16's state are not in a checkpoint, and each made a resumed run diverge
+(measured on a tiny Qwen2, tests/test_llm_resume.py):
+
+- the prompt order after the first epoch. TRL's ``RepeatSampler`` draws one permutation per epoch from a
+  generator seeded once, and has no ``set_epoch``; transformers 5 no longer replays the finished epochs, so a
+  run resumed in epoch e > 0 sees epoch 0's order again. :class:`EpochSeededRepeatSampler` re-derives the
+  generator in ``set_epoch(e)`` (reseed, then e permutations drawn): the order of an uninterrupted run is
+  bit for bit unchanged, and a resumed run gets epoch e's.
+- the generation buffer. With ``steps_per_generation`` or ``num_iterations`` > 1 one generation serves
+  several optimizer steps, held in ``_buffered_inputs`` and indexed by the micro-step counter ``_step``,
+  both lost with the process: a resume mid-buffer regenerated new completions from the restored RNG and
+  restarted the buffer's phase. Both are saved in ``generation_buffer-<process>.pt`` in each checkpoint and
+  loaded on resume.
+- the moving reference. With ``sync_ref_model`` TRL rebuilds the reference from the model's path, i.e. the
+  base, and keeps moving it from there: the reference is saved in ``moving_reference.safetensors`` and
+  loaded on resume (not under DeepSpeed or FSDP, whose reference is sharded: a warning says so).
+
+Not covered: iterable datasets (TRL shuffles them in a buffer, outside the sampler), and a resume with another
+number of processes. transformers' final summary row (``train_loss``, ``train_runtime``, ...) describes one
+``train()`` call and so differs after a resume by design; so does the first logged row after a resume when the
+checkpoint falls inside a logging interval (``save_steps`` not a multiple of ``logging_steps``: a warning says
+so), since the metrics averaged over an interval are not in a checkpoint either.
+
+The ``lm_head.weight`` that transformers reports missing when it loads a tied-embedding checkpoint is the
+tied head, which ``save_pretrained`` leaves out on purpose: the reloaded model's head is its embedding, tied
+(checked in the test).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.trainer.utils import RepeatSampler
+
+BUFFER_FILE = "generation_buffer-{process}.pt"
+REFERENCE_FILE = "moving_reference.safetensors"
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose permutation in epoch e depends on (seed, e) only, not on how many
+    epochs this object has iterated: ``set_epoch(e)`` reseeds and draws the e permutations before it."""
+
+    @classmethod
+    def like(cls, sampler: RepeatSampler) -> EpochSeededRepeatSampler:
+        return cls(sampler.data_source, sampler.mini_repeat_count, batch_size=sampler.batch_size, repeat_count=sampler.repeat_count,
+                   shuffle=sampler.shuffle, seed=sampler.seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.shuffle or self.seed is None:  # unshuffled: nothing to restore; unseeded: nothing to reproduce
+            return
+        self.generator.manual_seed(self.seed)
+        for _ in range(epoch):
+            torch.randperm(self.num_samples, generator=self.generator)
+
+
+class ExactResume:
+    """Mix into a GRPOTrainer subclass (before it in the bases) for an exact resume; see the module docstring.
+
+    Overrides ``_get_train_sampler`` (the same sampler, with ``set_epoch``), ``_save_checkpoint`` (writes the
+    buffer and the moving reference after TRL's checkpoint) and ``_load_optimizer_and_scheduler`` (TRL's and
+    transformers' resume hook: reads them back). An uninterrupted run trains exactly as without it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        a = self.args
+        if (a.save_strategy == "steps" and a.logging_strategy == "steps" and a.save_steps >= 1 and a.logging_steps >= 1
+                and a.save_steps % a.logging_steps):
+            warnings.warn(f"save_steps ({a.save_steps}) is not a multiple of logging_steps ({a.logging_steps}): the first row "
+                          "logged after a resume averages only the steps after the checkpoint", stacklevel=2)
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler.like(sampler) if type(sampler) is RepeatSampler else sampler
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.save_only_model:  # no optimizer either: such a checkpoint cannot resume
+            return
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        torch.save({"step": self._step, "buffered_inputs": self._buffered_inputs},
+                   folder / BUFFER_FILE.format(process=self.accelerator.process_index))
+        if self.args.sync_ref_model and self.accelerator.is_main_process:
+            reference = self._moving_reference()
+            if reference is not None:
+                from safetensors.torch import save_model
+
+                save_model(reference, str(folder / REFERENCE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        buffer = Path(checkpoint) / BUFFER_FILE.format(process=self.accelerator.process_index)
+        if buffer.exists():
+            state = torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
+            self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
+        elif (self.state.global_step * self.args.gradient_accumulation_steps) % (self.args.steps_per_generation * self.num_iterations):
+            warnings.warn(f"{checkpoint} has no {buffer.name} and was saved inside a generation buffer: the resumed run "
+                          "generates new completions where the original reused its buffer", stacklevel=2)
+        if self.args.sync_ref_model:
+            reference, path = self._moving_reference(), Path(checkpoint) / REFERENCE_FILE
+            if reference is not None and path.exists():
+                from safetensors.torch import load_model
+
+                load_model(reference, str(path), device=str(self.accelerator.device))
+            elif reference is not None:
+                warnings.warn(f"{checkpoint} has no {REFERENCE_FILE}: the moving reference restarts from the base model", stacklevel=2)
+
+    def _moving_reference(self) -> torch.nn.Module | None:
+        """TRL's reference model, or None (with a warning) where it is sharded and so not saved here."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            warnings.warn("the moving reference (sync_ref_model) is not saved in checkpoints under DeepSpeed or FSDP: "
+                          "a resumed run restarts it from the base model", stacklevel=3)
+            return None
+        return self.accelerator.unwrap_model(self.ref_model)

@@ -1,0 +1,134 @@
+"""A GRPO run stopped right after a checkpoint and resumed with ``resume_from_checkpoint`` ends with the same
+weights, bit for bit, and logs the same rows as a run never stopped (:mod:`adrpo.llm.resume`).
+
+The stop is in-process: a callback sets ``should_training_stop`` in ``on_save``, so the run ends with the
+checkpoint as its last write, which is what a ``kill -9`` right after the save leaves (a real ``kill -9`` of
+``adrpo grpo train`` was checked by hand the same way). The scenario is chosen to need all three parts of the
+fix: two epochs (the sampler's permutation of epoch 1), ``steps_per_generation = 2`` with the checkpoint inside
+a generation buffer, and TRL's moving reference. Stock TRL diverges on it (checked too), so the test is not
+passing by luck. transformers' final summary row (train_loss, runtimes) is per ``train()`` call and left out.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from adrpo.llm.config import ADRPOConfig
+from adrpo.llm.resume import BUFFER_FILE, REFERENCE_FILE, EpochSeededRepeatSampler, ExactResume
+from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
+from adrpo.llm.trainer import ADRPOTrainer
+
+PROMPTS = ["1+2=", "3+4=", "5+1=", "2+2="]
+TIMING = ("step_time",)
+
+
+class ResumableGRPO(ExactResume, GRPOTrainer):
+    """Stock GRPO with the exact resume."""
+
+
+class StopAfterSave(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def digit_count(completions, **kwargs):
+    return [float(sum(c.isdigit() for c in text)) for text in completions]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    tokenizer = char_tokenizer(list("0123456789+="))
+    model = tiny_causal_lm("qwen2", len(tokenizer), hidden=16, layers=1, heads=2)  # tied embeddings
+    return save_model_and_tokenizer(model, tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+
+
+def run(cls, model_path, output_dir, *, steps, save_steps, resume=None, stop=None, **overrides):
+    config = ADRPOConfig if cls is ADRPOTrainer else GRPOConfig
+    values = dict(output_dir=str(output_dir), bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                  disable_tqdm=True, max_steps=steps, save_strategy="steps", save_steps=save_steps, logging_steps=1,
+                  per_device_train_batch_size=4, num_generations=4, max_completion_length=6, learning_rate=1e-2, beta=0.04, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        args = config(**{**values, **overrides})
+    trainer = cls(model=str(model_path), reward_funcs=digit_count, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+                  callbacks=[StopAfterSave(stop)] if stop else None)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def rows(trainer) -> list[dict]:
+    """The per-step rows, without their wall-clock timing (and without transformers' per-call summary row)."""
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in trainer.state.log_history if "train_runtime" not in row]
+
+
+def bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def stopped_and_resumed(cls, model_path, output_dir, *, steps, save_steps, **overrides):
+    run(cls, model_path, output_dir, steps=steps, save_steps=save_steps, stop=save_steps, **overrides)
+    checkpoint = output_dir / f"checkpoint-{save_steps}"
+    return run(cls, model_path, output_dir, steps=steps, save_steps=save_steps, resume=str(checkpoint), **overrides), checkpoint
+
+
+def test_epoch_seeded_sampler_orders_as_trls_and_by_epoch_alone():
+    from trl.trainer.utils import RepeatSampler
+
+    stock = RepeatSampler(list(range(7)), mini_repeat_count=2, batch_size=3, repeat_count=2, seed=5)
+    ours = EpochSeededRepeatSampler.like(stock)
+    stock_epochs = [list(stock) for _ in range(3)]  # TRL: one permutation per epoch from one generator
+    ours_epochs = []
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        ours_epochs.append(list(ours))
+    assert ours_epochs == stock_epochs
+    fresh = EpochSeededRepeatSampler.like(stock)
+    fresh.set_epoch(2)  # a resumed run's first epoch
+    assert list(fresh) == stock_epochs[2] != stock_epochs[0]
+
+
+def test_resume_mid_buffer_in_the_second_epoch_is_exact(model_path, tmp_path):
+    # 4 prompts, 1 per step, steps_per_generation 2: steps 1-2, 3-4, 5-6, 7-8 share a generation; epoch 1 is steps 5-8.
+    # The checkpoint after step 5 is in epoch 1 and inside a buffer.
+    setting = dict(steps=8, save_steps=5, steps_per_generation=2)
+    stock = run(GRPOTrainer, model_path, tmp_path / "stock", **setting)
+    ours = run(ResumableGRPO, model_path, tmp_path / "ours", **setting)
+    assert bitwise_equal(weights(ours), weights(stock)) and rows(ours) == rows(stock)  # training itself unchanged
+
+    resumed, checkpoint = stopped_and_resumed(ResumableGRPO, model_path, tmp_path / "resumed", **setting)
+    assert (checkpoint / BUFFER_FILE.format(process=0)).exists()
+    head, embedding = resumed.model.lm_head.weight, resumed.model.model.embed_tokens.weight
+    assert head is embedding  # transformers' "missing lm_head.weight" on reload: the tied head, re-tied
+    assert bitwise_equal(weights(resumed), weights(ours))
+    assert rows(resumed) == rows(ours)
+
+    stock_resumed, _ = stopped_and_resumed(GRPOTrainer, model_path, tmp_path / "stock-resumed", **setting)
+    assert not bitwise_equal(weights(stock_resumed), weights(stock))  # what the fix is for
+    assert rows(stock_resumed)[5:] != rows(stock)[5:]
+
+
+def test_adrpo_resume_with_a_moving_reference_is_exact(model_path, tmp_path):
+    # the reference moves halfway to the policy every 2 steps; the checkpoint after step 3 holds a moved reference
+    setting = dict(steps=6, save_steps=3, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=0.5)
+    whole = run(ADRPOTrainer, model_path, tmp_path / "whole", **setting)
+    resumed, checkpoint = stopped_and_resumed(ADRPOTrainer, model_path, tmp_path / "resumed", **setting)
+    assert (checkpoint / REFERENCE_FILE).exists()
+    assert bitwise_equal(weights(resumed), weights(whole))
+    assert bitwise_equal(resumed.ref_model.state_dict(), whole.ref_model.state_dict())
+    assert rows(resumed) == rows(whole)
+    assert all(math.isfinite(row["kl_base"]) for row in rows(whole))  # the base (not moved) is rebuilt the same on resume
