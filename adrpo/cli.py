@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:  # the user's configuration or input, named by field, file or row: one line
         print(f"adrpo: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except KeyboardInterrupt as err:  # Ctrl-C: what finished and how to resume (an experiment's Interrupted), no traceback
+        print(f"\nadrpo: {err or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ runs never trained again (``force`` retrains), and bad specs refused by name."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -193,3 +194,36 @@ def test_identity_holds_only_settings_that_differ_from_the_defaults():
     assert non_default_fields(FlowConfig()) == {"adv_clip_min": -1.0, "adv_clip_max": 1.0}
     assert non_default_fields(FlowConfig(method="raft", raft_fraction=0.5)) == {
         "method": "raft", "raft_fraction": 0.5, "adv_clip_min": -1.0, "adv_clip_max": 1.0}
+
+
+def test_every_spec_field_is_in_the_identity_or_declared_result_neutral(tmp_path, digits_cache):
+    """A spec field added later must be put into a run's identity or declared result-neutral."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(ExperimentSpec)}
+    declared = [*engine.IDENTITY_FIELDS, *engine.RESOLVED_FIELDS, *engine.RESULT_NEUTRAL_FIELDS]
+    assert sorted(declared) == sorted(fields) and len(set(declared)) == len(declared)
+    # each hashed field changes the digest; each neutral one does not
+    spec = digits_spec(tmp_path, digits_cache, methods=[{"label": "ADRPO", "method": "adrpo"}])
+    digest = plan(spec)[0].digest
+    changed = {"task_args": {**spec.task_args, "eval_samples": 3}, "eval": {"steps": 1}, "trainer": {**TRAINER, "num_steps": 3},
+               "methods": [{"label": "ADRPO", "method": "adrpo", "beta0": 0.5}]}
+    for name, value in changed.items():
+        assert plan(dataclasses.replace(spec, **{name: value}))[0].digest != digest, name
+    for name, value in {"seeds": [0, 1], "workers": 2, "output_dir": str(tmp_path / "elsewhere")}.items():
+        assert plan(dataclasses.replace(spec, **{name: value}))[0].digest == digest, name
+
+
+def test_the_monitor_setting_is_part_of_an_llm_runs_identity():
+    """Switching the monitor from warn to stop, or moving a threshold, must not reuse runs trained under the
+    old setting; the default keeps the hash finished runs had before the monitor was hashed."""
+    llm = ExperimentSpec.from_dict({"task": "arithmetic", "methods": [{"label": "GRPO", "trainer": "grpo"}]})
+    resolved = {"beta": 0.04}
+    warn = engine.config_hash(llm, resolved)
+    assert warn == engine.config_hash(ExperimentSpec.from_dict({**llm.__dict__, "monitor": "warn"}), resolved)
+    stop = ExperimentSpec.from_dict({**llm.__dict__, "monitor": "stop"})
+    moved = ExperimentSpec.from_dict({**llm.__dict__, "monitor": {"policy": "warn", "thresholds": {"kl_max": 1.0}}})
+    assert len({warn, engine.config_hash(stop, resolved), engine.config_hash(moved, resolved)}) == 3
+    # the hash of a default-monitor run is what it was before (an identity without a monitor key)
+    identity = {"task": "arithmetic", "task_args": {}, "eval": {}, "config": resolved}
+    assert warn == hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -45,6 +45,11 @@ class Backend(Protocol):
         """Train and evaluate one job in ``job.directory``."""
         ...
 
+    def target_step(self, config: dict[str, Any]) -> int | None:
+        """The step a run of this (resolved, ``to_dict``) trainer config is to end at (None: not known
+        from the config alone)."""
+        ...
+
 
 def non_default_fields(config: Any) -> dict[str, Any]:
     """A config dataclass's fields whose values differ from the field defaults: what identifies a
@@ -84,6 +89,9 @@ class FlowBackend:
         values = {**spec.trainer, **configuration.overrides, "seed": seed, "output_dir": output_dir}
         return _named(configuration, lambda: FlowConfig.from_dict(values))
 
+    def target_step(self, config: dict[str, Any]) -> int:
+        return int(config["num_steps"])
+
     def prepare(self, spec: ExperimentSpec) -> None:
         from adrpo.tasks import build_task
 
@@ -116,7 +124,7 @@ class FlowBackend:
         samples = save_samples(trainer, task, job.directory)
         c = job.configuration
         return RunResult(c.label, c.family, c.role, job.seed, job.digest, str(job.directory), config.to_dict(), trajectory, alarms,
-                         samples=samples)
+                         samples=samples, target_step=config.num_steps)
 
 
 # Each LLM task module offers: SETTINGS (a dataclass built from task_args), base_model_path(settings),
@@ -179,6 +187,9 @@ class LLMBackend:
 
         return from_mapping(llm_task(spec.task).SETTINGS, spec.task_args, "task_args")
 
+    def target_step(self, config: dict[str, Any]) -> int | None:
+        return int(config["max_steps"]) if config.get("max_steps", -1) > 0 else None  # -1: epochs decide
+
     def prepare(self, spec: ExperimentSpec) -> None:
         llm_task(spec.task).base_model_path(self.settings(spec))
 
@@ -223,5 +234,5 @@ class LLMBackend:
         return RunResult(
             c.label, c.family, c.role, job.seed, job.digest, str(job.directory), args.to_dict(), evaluation.trajectory,
             alarms=None if monitor is None else [alarm.to_dict() for alarm in monitor.alarms],
-            train_log=[{k: row.get(k) for k in keys} for row in logged],
+            train_log=[{k: row.get(k) for k in keys} for row in logged], target_step=trainer.state.max_steps,
         )

@@ -7,8 +7,18 @@ seed and the output directory), so two labels that read alike never share a dire
 changed setting never reuses an old run, and a trainer field added later with a default keeps
 every finished run. Code changes (a changed default included) are not detected: use ``force``.
 A run is complete once its ``result.json`` is written (atomically, last); re-running or
-extending an experiment loads complete runs instead of training them again, resumes
-incomplete flow runs from their newest checkpoint, and ``force=True`` retrains everything.
+extending an experiment loads complete runs instead of training them again (and says how many
+it loaded and how many it trains), resumes incomplete flow runs from their newest checkpoint,
+and ``force=True`` retrains everything. The spec's own fields are each either part of a run's
+identity or declared result-neutral (:data:`IDENTITY_FIELDS`, :data:`RESOLVED_FIELDS`,
+:data:`RESULT_NEUTRAL_FIELDS`; a test keeps the three complete).
+
+Ctrl-C stops an experiment promptly: runs not started are cancelled, running worker processes
+are killed (each resumes on the next call: flow runs from their newest checkpoint, LLM runs from
+the start), and :class:`Interrupted` (a ``KeyboardInterrupt``) says what finished and how to
+resume. Worker processes ignore SIGINT themselves, so that only this process decides. The
+collapse monitor's messages (logger ``adrpo.monitor``) of every run, in this process or a
+worker, are written through the progress bar (``tqdm.write``), prefixed by the run.
 
 The task-specific halves (how to resolve a configuration, train it and evaluate it) are the
 backends in :mod:`adrpo.experiments.backends`; the results are :class:`RunResult` records.
@@ -19,12 +29,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import logging.handlers
+import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +50,16 @@ from adrpo.errors import ConfigError
 from adrpo.experiments.spec import Configuration, ExperimentSpec
 
 RESULT_FILE = "result.json"
+MONITOR_LOGGER = "adrpo.monitor"
+DEFAULT_MONITOR = "warn"
+IDENTITY_FIELDS = ("task", "task_args", "eval", "monitor")
+"""Spec fields hashed into every run's identity as they are (``monitor`` only when not the default
+``"warn"``, and for LLM runs only: a flow run's monitor is its ``trainer.monitor``)."""
+RESOLVED_FIELDS = ("trainer", "methods")
+"""Spec fields that reach the identity through each job's resolved trainer configuration."""
+RESULT_NEUTRAL_FIELDS = ("seeds", "workers", "output_dir")
+"""Spec fields that change no run's result: a seed is its job's own (``seed-<s>`` in the run
+directory), workers only run jobs side by side, the output directory holds them."""
 
 
 @dataclass
@@ -43,7 +69,9 @@ class RunResult:
     ``trajectory`` holds the held-out evaluations ``{"step": s, "reward": ..., ...}`` from step 0
     (the base model) to the end; ``alarms`` the collapse monitor's (None: monitor off);
     ``train_log`` the trainer's logged rows where kept (LLM runs); ``samples`` the file of the
-    final evaluation's samples inside the run ``directory`` (flow runs), for image grids.
+    final evaluation's samples inside the run ``directory`` (flow runs), for image grids;
+    ``target_step`` the step the run was to end at (a run stopped early by the monitor ends before
+    it: :func:`adrpo.experiments.fronts.is_finished`).
     """
 
     label: str
@@ -57,6 +85,7 @@ class RunResult:
     alarms: list[dict[str, Any]] | None = None
     train_log: list[dict[str, Any]] | None = None
     samples: str | None = None
+    target_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,10 +102,13 @@ def slug(label: str) -> str:
 
 
 def config_hash(spec: ExperimentSpec, resolved: dict[str, Any]) -> str:
-    """8 hex digits of the job's identity: the task, its arguments, the evaluation and the resolved
-    trainer configuration (``resolved`` without its seed and output directory)."""
+    """8 hex digits of the job's identity: the task, its arguments, the evaluation, the monitor (see
+    :data:`IDENTITY_FIELDS`) and the resolved trainer configuration (``resolved`` without its seed and
+    output directory)."""
     identity = {"task": spec.task, "task_args": spec.task_args, "eval": spec.eval,
                 "config": {k: v for k, v in resolved.items() if k not in ("seed", "output_dir")}}
+    if spec.kind == "llm" and spec.monitor != DEFAULT_MONITOR:  # the default stays out: finished runs keep their hash
+        identity["monitor"] = spec.monitor
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -113,13 +145,19 @@ def plan(spec: ExperimentSpec) -> list[Job]:
     return jobs
 
 
-def load_complete(job: Job) -> RunResult | None:
+def load_complete(spec: ExperimentSpec, job: Job) -> RunResult | None:
     """The job's saved result when its run finished with this configuration, else None; its label,
-    family and role are the job's (a relabelled method keeps its finished runs)."""
+    family and role are the job's (a relabelled method keeps its finished runs), and a result saved
+    before target steps were recorded gets its config's."""
+    from adrpo.experiments.backends import backend_for
+
     path = job.directory / RESULT_FILE
     if not path.is_file():
         return None
-    result = RunResult.from_dict(json.loads(path.read_text()))
+    values = json.loads(path.read_text())
+    if "target_step" not in values:
+        values["target_step"] = backend_for(spec).target_step(values["config"])
+    result = RunResult.from_dict(values)
     if result.config_hash != job.digest:
         return None
     c = job.configuration
@@ -134,6 +172,29 @@ def save_result(job: Job, result: RunResult) -> None:
     os.replace(tmp, path)
 
 
+class _RunPrefix(logging.Filter):
+    """Prefixes each record of the monitor's logger with the run it came from."""
+
+    def __init__(self, job: Job):
+        super().__init__()
+        self.prefix = f"{job.configuration.label} seed {job.seed}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.prefix + str(record.msg)
+        return True
+
+
+@contextmanager
+def _monitor_messages_of(job: Job) -> Iterator[None]:
+    prefix = _RunPrefix(job)
+    logger = logging.getLogger(MONITOR_LOGGER)
+    logger.addFilter(prefix)
+    try:
+        yield
+    finally:
+        logger.removeFilter(prefix)
+
+
 def run_job(spec: ExperimentSpec, job: Job, *, force: bool, threads: int | None) -> RunResult:
     """Train one job (from scratch with ``force``, else resuming what its directory holds)."""
     from adrpo.experiments.backends import backend_for
@@ -141,35 +202,119 @@ def run_job(spec: ExperimentSpec, job: Job, *, force: bool, threads: int | None)
     if force:
         shutil.rmtree(job.directory, ignore_errors=True)
     job.directory.mkdir(parents=True, exist_ok=True)
-    result = backend_for(spec).run(spec, job, threads=threads)
+    with _monitor_messages_of(job):
+        result = backend_for(spec).run(spec, job, threads=threads)
     save_result(job, result)
     return result
 
 
+class _ThroughBar(logging.Handler):
+    """Writes records with ``tqdm.write``, so that an open progress bar stays one line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+@contextmanager
+def _monitor_through_bar(queue: Any | None) -> Iterator[None]:
+    """Within the block, the monitor's messages of this process, and those ``queue`` brings from the
+    workers, go through the bar (and not also to the root logger's handlers)."""
+    logger = logging.getLogger(MONITOR_LOGGER)
+    handler = _ThroughBar()
+    listener = None if queue is None else logging.handlers.QueueListener(queue, handler)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    if listener is not None:
+        listener.start()
+    try:
+        yield
+    finally:
+        if listener is not None:
+            listener.stop()
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _worker_setup(queue: Any) -> None:
+    """A worker process: Ctrl-C is for the parent to handle; the monitor's records go to its queue."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logger = logging.getLogger(MONITOR_LOGGER)
+    logger.addHandler(logging.handlers.QueueHandler(queue))
+    logger.propagate = False
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_experiment`; the message says what finished and how to resume."""
+
+
+def _interrupted(spec: ExperimentSpec, jobs: list[Job], results: dict[Path, RunResult], loaded: int, running: int) -> Interrupted:
+    trained = len(results) - loaded
+    return Interrupted(
+        f"interrupted: {len(results)} of {len(jobs)} runs are finished ({loaded} loaded, {trained} trained now); "
+        f"{running} were running and were stopped, {len(jobs) - len(results) - running} had not started. "
+        f"Run the same command again to resume: finished runs in {spec.output_dir}/runs are loaded, flow runs "
+        "continue from their newest checkpoint, LLM runs start again."
+    )
+
+
 def run_experiment(spec: ExperimentSpec, *, force: bool = False) -> dict[str, Any]:
     """Run every job of ``spec`` not already complete; returns ``{"spec": ..., "runs": [...]}``
-    (run dicts in :func:`plan` order). ``force`` retrains complete runs too."""
-    from adrpo.experiments.backends import backend_for
+    (run dicts in :func:`plan` order). ``force`` retrains complete runs too.
 
+    Raises:
+        Interrupted: on Ctrl-C (see the module docstring); what finished stays finished.
+    """
     jobs = plan(spec)
     results: dict[Path, RunResult] = {}
     if not force:
         for job in jobs:
-            done = load_complete(job)
+            done = load_complete(spec, job)
             if done is not None:
                 results[job.directory] = done
+    loaded = len(results)
     todo = [job for job in jobs if job.directory not in results]
-    bar = tqdm(total=len(jobs), initial=len(results), desc="runs", dynamic_ncols=True)
-    if todo and spec.workers > 1:
-        backend_for(spec).prepare(spec)  # build and cache the task's models once, not in every worker
-        with ProcessPoolExecutor(min(spec.workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_job, spec, job, force=force, threads=1): job for job in todo}
+    resuming = sum(1 for job in todo if not force and any((job.directory / "checkpoints").glob("step-*")))
+    print(f"runs: {loaded} of {len(jobs)} finished before and loaded from {spec.output_dir}/runs, {len(todo)} to train"
+          + (f" ({resuming} resuming from a checkpoint)" if resuming else ""), file=sys.stderr)
+    bar = tqdm(total=len(jobs), initial=loaded, desc="runs", dynamic_ncols=True)
+    try:
+        if todo and spec.workers > 1:
+            _run_in_workers(spec, todo, results, bar, force=force, loaded=loaded, jobs=jobs)
+        else:
+            with _monitor_through_bar(None):
+                for job in todo:
+                    try:
+                        results[job.directory] = run_job(spec, job, force=force, threads=None)
+                    except KeyboardInterrupt:
+                        raise _interrupted(spec, jobs, results, loaded, running=1) from None
+                    bar.update(1)
+    finally:
+        bar.close()
+    return {"spec": dataclasses.asdict(spec), "runs": [results[job.directory].to_dict() for job in jobs]}
+
+
+def _run_in_workers(spec: ExperimentSpec, todo: list[Job], results: dict[Path, RunResult], bar, *, force: bool, loaded: int,
+                    jobs: list[Job]) -> None:
+    from adrpo.experiments.backends import backend_for
+
+    backend_for(spec).prepare(spec)  # build and cache the task's models once, not in every worker
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    pool = ProcessPoolExecutor(min(spec.workers, len(todo)), mp_context=context, initializer=_worker_setup, initargs=(queue,))
+    with _monitor_through_bar(queue):
+        futures = {pool.submit(run_job, spec, job, force=force, threads=1): job for job in todo}
+        interrupted = False
+        try:
             for future in as_completed(futures):
                 results[futures[future].directory] = future.result()
                 bar.update(1)
-    else:
-        for job in todo:
-            results[job.directory] = run_job(spec, job, force=force, threads=None)
-            bar.update(1)
-    bar.close()
-    return {"spec": dataclasses.asdict(spec), "runs": [results[job.directory].to_dict() for job in jobs]}
+        except KeyboardInterrupt:
+            interrupted = True
+            running = sum(1 for future in futures if future.running())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():  # the pool's workers: a resume covers their runs
+                worker.kill()
+            raise _interrupted(spec, jobs, results, loaded, running) from None
+        finally:
+            if not interrupted:  # a run that failed: the others still finish, as they always did
+                pool.shutdown(wait=True)
