@@ -12,6 +12,16 @@
     adrpo presets                                     # list the bundled YAML presets
 
 ``--set a.b=value`` overrides any YAML key (values are parsed as YAML: 1e-3, true, [0, 1]).
+
+Paths. What a YAML names for the run to *read* is relative to the YAML's own folder, wherever the
+command runs: a data or prompt file (``dataset.path``, ``task_args.prompts``) always; a model or a
+dataset ``name`` (``model_name_or_path``, a reward's ``model``) when it starts with ``./``, ``../``,
+``/`` or ``~`` or exists in that folder, otherwise it is a hub id (``Qwen/Qwen2.5-0.5B``) and stays
+one. A ``type: callable`` reward, ``{type: callable, path: "my_rewards:score"}``, imports
+``my_rewards.py`` (or a ``my_rewards/`` package) from the YAML's folder first, then from the installed
+packages. What a run *writes* (``output_dir``) is relative to the working directory, so a bundled
+preset's runs land in ``runs/`` here and not inside the package. A ``--set`` value is taken as typed,
+so a relative path in it is relative to the working directory.
 """
 
 from __future__ import annotations
@@ -81,11 +91,18 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+def _config_file(args: argparse.Namespace) -> Path:
+    """The YAML of ``--config`` or ``--preset``, absolute."""
     if (args.config is None) == (args.preset is None):
         raise ConfigError("give exactly one of --config or --preset")
     path = Path(args.config) if args.config else preset_path(args.preset)
-    return apply_overrides(load_yaml(path), args.set)
+    if not path.is_file():
+        raise ConfigError(f"--config {args.config!r}: no such file")
+    return path.absolute()
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    return apply_overrides(load_yaml(_config_file(args)), args.set)
 
 
 def _relative_to_config(args: argparse.Namespace, path: str) -> str:
@@ -96,14 +113,42 @@ def _relative_to_config(args: argparse.Namespace, path: str) -> str:
     return str(base / path)
 
 
+def resolve_task_paths(task_args: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A copy of a task's ``task_args`` read from a YAML in ``folder``, the paths it reads resolved by the
+    rule of the module docstring: a ``prompts`` / ``eval_prompts`` file (or its dataset spec's ``path``)
+    from ``folder``; a ``pipeline`` and each ``reward`` entry's ``model`` only when they are paths (hub ids stay)."""
+    from adrpo.settings import path_from_config, source_from_config
+
+    task_args = dict(task_args)
+    for key in ("prompts", "eval_prompts"):
+        value = task_args.get(key)
+        if isinstance(value, str):
+            task_args[key] = path_from_config(value, folder)
+        elif isinstance(value, dict) and isinstance(value.get("path"), str):
+            task_args[key] = {**value, "path": path_from_config(value["path"], folder)}
+    if isinstance(task_args.get("pipeline"), str):
+        task_args["pipeline"] = source_from_config(task_args["pipeline"], folder)
+    reward = task_args.get("reward")
+    if isinstance(reward, (dict, list)):
+        entries = [{**e, "model": source_from_config(e["model"], folder)} if isinstance(e, dict) and isinstance(e.get("model"), str) else e
+                   for e in (reward if isinstance(reward, list) else [reward])]
+        task_args["reward"] = entries if isinstance(reward, list) else entries[0]
+    return task_args
+
+
 def cmd_experiment(args: argparse.Namespace) -> None:
     """`fm compare`, `grpo compare` and `sweep`: one engine, one report; the compare commands
     check that the spec's task is of their kind."""
     from adrpo.experiments.engine import run_experiment
     from adrpo.experiments.report import write_report
     from adrpo.experiments.spec import ExperimentSpec
+    from adrpo.settings import check_output_dir
 
-    values = _config_values(args)
+    path = _config_file(args)
+    values = load_yaml(path)
+    if isinstance(values.get("task_args"), dict):
+        values["task_args"] = resolve_task_paths(values["task_args"], path.parent)
+    values = apply_overrides(values, args.set)
     if args.kind == "llm":
         values.setdefault("task", "arithmetic")
     for name in ("output_dir", "seeds", "workers"):
@@ -113,6 +158,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     if args.kind is not None and spec.kind != args.kind:
         command = "adrpo fm compare" if spec.kind == "flow" else "adrpo grpo compare"
         raise ConfigError(f"task {spec.task!r} is a {spec.kind} task: run it with `{command}` or `adrpo sweep`")
+    check_output_dir(spec.output_dir, field="--output-dir" if args.output_dir is not None else "output_dir")
     results = run_experiment(spec, force=args.force)
     paths = write_report(results, Path(spec.output_dir))
     print(paths.pop("table").read_text())
@@ -187,13 +233,11 @@ def cmd_fm_make_tiny(args: argparse.Namespace) -> None:
 
 
 def cmd_grpo_train(args: argparse.Namespace) -> None:
-    from adrpo.llm.recipe import build_trainer
+    from adrpo.llm.recipe import build_trainer, import_rewards_from, resolve_paths
 
-    values = _config_values(args)
-    for key in ("dataset", "eval_dataset"):
-        dataset = values.get(key)
-        if isinstance(dataset, dict) and "path" in dataset:
-            dataset["path"] = _relative_to_config(args, dataset["path"])
+    path = _config_file(args)
+    values = apply_overrides(resolve_paths(load_yaml(path), path.parent), args.set)  # --set paths: from the working directory
+    import_rewards_from(values, path.parent)
     trainer = build_trainer(values)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     trainer.save_model()

@@ -1,6 +1,14 @@
 """Settings plumbing: where adrpo caches what it builds once (pretrained miniatures, converted
-GGUF models), cache keys of settings dataclasses, building dataclasses from YAML mappings, and
-reading the collapse monitor's policy from YAML (:func:`monitor_policy`)."""
+GGUF models), cache keys of settings dataclasses, building dataclasses from YAML mappings,
+reading the collapse monitor's policy from YAML (:func:`monitor_policy`), and the paths a YAML names.
+
+Paths in a YAML file (the rule ``adrpo.cli`` documents): what a run *reads* is relative to the
+YAML's folder; a file (:func:`path_from_config`) always, a model or dataset that may be a hub id
+(:func:`source_from_config`) only when it starts with ``./``, ``../``, ``/`` or ``~`` or exists
+there, so ``Qwen/Qwen2.5-0.5B`` stays a hub id. What a run *writes* (``output_dir``) is relative
+to the working directory, so that a bundled preset's runs land in ``runs/`` and not in the package;
+:func:`check_output_dir` refuses one that cannot be a folder.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +44,45 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], what: str) -> T:
     if unknown:
         raise ConfigError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")
     return cls(**values)
+
+
+PATH_PREFIXES = ("./", "../", "/", "~")
+
+
+def path_from_config(value: str, folder: Path) -> str:
+    """A file a YAML in ``folder`` names: ``folder / value``; absolute paths (and ``~``) stay."""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else folder / path)
+
+
+def source_from_config(value: str, folder: Path) -> str:
+    """A model or dataset a YAML in ``folder`` names, which is a local folder or a hub id: a path
+    (:func:`path_from_config`) when it starts with one of :data:`PATH_PREFIXES` or exists in ``folder``,
+    else ``value`` unchanged (a hub id such as ``Qwen/Qwen2.5-0.5B``)."""
+    if value.startswith(PATH_PREFIXES) or (folder / value).exists():
+        return path_from_config(value, folder)
+    return value
+
+
+def check_output_dir(value: Any, *, field: str = "output_dir") -> None:
+    """Refuse, naming ``field``, an output folder that is a file or cannot be created (a file on the
+    way, no write permission); creates nothing."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{field} must be a folder path, got {value!r}")
+    path = Path(value).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{field} {str(value)!r} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{field} {str(value)!r}: no write permission")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{field} {str(value)!r} cannot be created: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field} {str(value)!r} cannot be created: no write permission in {str(parent)!r}")
 
 
 def monitor_policy(value: Any, *, field: str = "monitor") -> str:

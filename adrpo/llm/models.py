@@ -9,7 +9,8 @@
   folder whose architecture is ``Qwen2_5OmniThinkerForConditionalGeneration``.
 
 Anything else (a hub id or a folder) is returned unchanged. Converted folders live in the cache
-(``$ADRPO_CACHE``) and are written atomically.
+(``$ADRPO_CACHE``) and are written atomically. :func:`check_model_source` refuses, in one line, a
+name that is neither a folder nor a model the hub (or its local cache) has, before TRL's traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import os
 import re
 from pathlib import Path
 
+from adrpo.errors import ConfigError
 from adrpo.llm.gguf import PREFIX as GGUF_PREFIX
 from adrpo.llm.gguf import converted_folder
+from adrpo.settings import PATH_PREFIXES
 
 THINKER_PREFIX = "omni-thinker:"
 
@@ -47,3 +50,28 @@ def resolve_model_path(name: str, cache: Path) -> str:
     if name.startswith(THINKER_PREFIX):
         return str(thinker_folder(name[len(THINKER_PREFIX):], cache))
     return name
+
+
+def check_model_source(name: str, *, field: str = "model_name_or_path") -> None:
+    """Refuse, naming ``field``, a model TRL could not load: a path (one of
+    :data:`adrpo.settings.PATH_PREFIXES`, or any name that exists) that is not a folder, or a hub id whose
+    config neither the hub nor its cache gives (transformers' ``OSError``: unknown, private, or no network).
+    ``gguf-package:`` names are checked when converted; ``omni-thinker:`` checks its source."""
+    if name.startswith(GGUF_PREFIX):
+        return
+    if name.startswith(THINKER_PREFIX):
+        name, field = name[len(THINKER_PREFIX):], f"{field} (omni-thinker source)"
+    path = Path(name).expanduser()
+    if name.startswith(PATH_PREFIXES) or path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{field} {name!r}: {'not a folder' if path.exists() else 'no such folder'}")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{field} {name!r} is neither a local folder nor a model on the hub or in its cache ({first})") from err
+    except ValueError:  # found, but e.g. needs trust_remote_code (args.model_init_kwargs): TRL's to load or refuse
+        return
