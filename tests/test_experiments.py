@@ -227,3 +227,17 @@ def test_the_monitor_setting_is_part_of_an_llm_runs_identity():
     # the hash of a default-monitor run is what it was before (an identity without a monitor key)
     identity = {"task": "arithmetic", "task_args": {}, "eval": {}, "config": resolved}
     assert warn == hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_collapse_monitor_messages_go_through_the_runs_bar(tmp_path, digits_cache, capsys, workers):
+    """A run's alarm is written through tqdm (on its own line, prefixed by the run), not into the middle of
+    the bar; with workers, from the worker process through a queue."""
+    trainer = {**TRAINER, "logging_steps": 1, "monitor_thresholds": {"w2_max": 1e-12}}  # every logged W2 alarms
+    spec = digits_spec(tmp_path, digits_cache, trainer=trainer, workers=workers)
+    run_experiment(spec)
+    lines = capsys.readouterr().err.splitlines()
+    for label in ("ADRPO", "ORW (orw_alpha=0.1)", "ORW (orw_alpha=1)"):
+        (line,) = [line for line in lines if f"{label} seed 0: collapse monitor: w2_bound" in line]
+        assert line.startswith(f"{label} seed 0: collapse monitor") or line.split("\r")[-1].startswith(label), line
+    assert any(line.startswith("runs: 0 of 3 finished before and loaded") for line in lines)
