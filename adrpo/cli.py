@@ -188,7 +188,8 @@ def _flow_run(args: argparse.Namespace, *, trackers: bool = True):
 
 def cmd_fm_train(args: argparse.Namespace) -> None:
     spec, task, trainer = _flow_run(args)
-    rows = trainer.train(resume_from_checkpoint=args.resume, evaluator=task.evaluate, eval_steps=spec.eval_steps)
+    rows = trainer.train(resume_from_checkpoint=args.resume, overwrite=args.overwrite, allow_config_changes=args.allow_change,
+                         evaluator=task.evaluate, eval_steps=spec.eval_steps)
     exported = task.export(trainer) if hasattr(task, "export") else None
     if not trainer.accelerator.is_main_process:
         return
@@ -256,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = fm.add_parser("train", help="one fine-tuning run from a YAML file")
     train.set_defaults(func=cmd_fm_train)
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in output_dir: its config.json, metrics, alarms and checkpoints are deleted first")
+    train.add_argument("--allow-change", dest="allow_change", action="append", default=[], metavar="FIELD",
+                       help="with --resume: accept this trainer field differing from the run's config.json (repeatable)")
     export = fm.add_parser("export", help="write a checkpoint of an `fm train` run as diffusers weights (LoRA or transformer)")
     export.add_argument("--checkpoint", required=True, help="a checkpoints/step-NNNNNNNN directory of the run")
     export.add_argument("--output", required=True, help="the folder to write")

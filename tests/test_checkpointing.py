@@ -211,8 +211,11 @@ def test_lora_settings_mismatch_is_reported_not_hidden_by_the_fallback(tmp_path)
     lora = dict(lora_rank=2, lora_target_modules=["proj_in", "proj"])
     trainer_for(tmp_path, num_steps=3, **lora).train()
     other = trainer_for(tmp_path, num_steps=6, lora_rank=2, lora_target_modules=["proj"])
-    with pytest.raises(ConfigError, match=rf"{STEP3}: ValueError: checkpoint .*weights do not match .*other LoRA settings"):
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['proj_in', 'proj'\] -> \['proj'\]"):
         other.train(resume_from_checkpoint=True)
+    # Let through the run directory's check, the checkpoint itself refuses the other adapters.
+    with pytest.raises(ConfigError, match=rf"{STEP3}: ValueError: checkpoint .*weights do not match .*other LoRA settings"):
+        other.train(resume_from_checkpoint=True, allow_config_changes=["lora_target_modules"])
     assert names(tmp_path / "checkpoints") == [STEP3]
 
 
@@ -233,7 +236,7 @@ def test_a_broken_newer_checkpoint_cannot_make_pruning_delete_the_one_resumed_fr
     # and every fresh checkpoint (4, then 5) would be pruned on the spot.
     short = FlowTrainer(make_config(run, num_steps=5, checkpoint_steps=1, keep_checkpoints=1), tiny_model(), target_reward, PROMPTS)
     with pytest.warns(UserWarning, match="cannot be loaded"):
-        short.train(resume_from_checkpoint=True)
+        short.train(resume_from_checkpoint=True, allow_config_changes=["num_steps"])  # 6 -> 5
     assert names(root) == [f"broken-{STEP6}", "step-00000005"]
 
     again = trainer_for(run, num_steps=6)
@@ -266,24 +269,26 @@ def crash_on_the_second_rename(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["newest", "explicit_path"])
-def test_crash_between_the_renames_of_an_overwrite_keeps_the_new_checkpoint(tmp_path, pristine, monkeypatch, explicit):
-    root = tmp_path / "checkpoints"
-    trainer_for(tmp_path, num_steps=3, seed=1).train()  # an older run's step 3, to be overwritten
-    old_model = (root / STEP3 / "model.safetensors").read_bytes()
+def test_crash_between_the_renames_of_an_overwrite_keeps_the_new_checkpoint(run, tmp_path, pristine, monkeypatch, explicit):
+    root = run / "checkpoints"
+    trainer_for(tmp_path / "older", num_steps=6, seed=1).train()  # another step 6, to be overwritten
+    shutil.rmtree(root / STEP6)
+    shutil.copytree(tmp_path / "older" / "checkpoints" / STEP6, root / STEP6)
+    old_model = (root / STEP6 / "model.safetensors").read_bytes()
 
     with monkeypatch.context() as patch:
         crash_on_the_second_rename(patch)
         with pytest.raises(OSError, match="killed between the renames"):
-            trainer_for(tmp_path, num_steps=3).train()  # a fresh start overwrites step 3
-    assert names(root) == [f".old-{STEP3}", f".tmp-{STEP3}"]
-    assert checkpointing.list_checkpoints(root) == []
-    assert (root / f".old-{STEP3}" / "model.safetensors").read_bytes() == old_model
+            trainer_for(run, num_steps=6).train(resume_from_checkpoint=str(root / STEP3))  # overwrites step 6
+    assert names(root) == [f".old-{STEP6}", f".tmp-{STEP6}", STEP3]
+    assert checkpointing.list_checkpoints(root) == [root / STEP3]
+    assert (root / f".old-{STEP6}" / "model.safetensors").read_bytes() == old_model
 
-    resumed = trainer_for(tmp_path, num_steps=6)
-    with pytest.warns(UserWarning, match=rf"{root / STEP3}: an overwrite was interrupted after the new version was complete"):
-        rows = resumed.train(resume_from_checkpoint=str(root / STEP3) if explicit else True)
-    # The complete new step 3 was promoted: the run continues exactly as the uninterrupted one.
-    assert (root / STEP3 / "model.safetensors").read_bytes() == (pristine["run"] / "checkpoints" / STEP3 / "model.safetensors").read_bytes()
+    resumed = trainer_for(run, num_steps=6)
+    with pytest.warns(UserWarning, match=rf"{root / STEP6}: an overwrite was interrupted after the new version was complete"):
+        rows = resumed.train(resume_from_checkpoint=str(root / STEP6) if explicit else True)
+    # The complete new step 6 was promoted: the run ends exactly as the uninterrupted one.
+    assert (root / STEP6 / "model.safetensors").read_bytes() == (pristine["run"] / "checkpoints" / STEP6 / "model.safetensors").read_bytes()
     assert_same_params(params_of(resumed.policy), pristine["params"])
     assert rows == pristine["rows"]
     assert names(root) == [STEP3, STEP6]

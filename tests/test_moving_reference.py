@@ -199,8 +199,10 @@ def test_resume_with_a_moving_reference_is_bitwise(tmp_path, lora):
 def test_resume_with_another_sync_setting_is_refused_by_name(tmp_path):
     FlowTrainer(make_config(tmp_path, num_steps=2, **SYNC), tiny_model(), target_reward, PROMPTS).train()
     other = FlowTrainer(make_config(tmp_path, num_steps=4), tiny_model(), target_reward, PROMPTS)
-    with pytest.raises(ConfigError, match=r"holds a moving reference but this run has sync_ref_model=False"):
+    with pytest.raises(ConfigError, match=r"sync_ref_model: True -> False"):  # config.json's check
         other.train(resume_from_checkpoint=True)
+    with pytest.raises(ConfigError, match=r"holds a moving reference but this run has sync_ref_model=False"):
+        other.train(resume_from_checkpoint=True, allow_config_changes=list(SYNC))  # the checkpoint's own check
 
 
 # ----------------------------------------------------------------- TRL's sync_ref_model under ADRPOTrainer

@@ -127,7 +127,10 @@ class FlowConfig:
     lora_target_modules: list[str] = _help("Module names LoRA adapts.", ["proj"])
 
     # Bookkeeping
-    output_dir: str = _help("Run directory: metrics.jsonl, TensorBoard logs, checkpoints/.", "runs/flow")
+    output_dir: str = _help(
+        "Run directory of one run: config.json, metrics.jsonl, alarms.jsonl, checkpoints/, TensorBoard logs. A fresh "
+        "start refuses one that holds a run (resume it or overwrite it); a resume refuses changed result-changing "
+        "settings (adrpo.flow.run_directory).", "runs/flow")
     logging_steps: int = _help("Log metrics every this many steps.", 1)
     checkpoint_steps: int = _help("Save a checkpoint every this many steps (0 = only at the end).", 50)
     keep_checkpoints: int = _help("Complete checkpoints kept on disk.", 2)

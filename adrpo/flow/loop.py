@@ -1,5 +1,6 @@
-"""The training loop of a :class:`adrpo.flow.trainer.FlowTrainer`: resume or start, evaluate,
-step, log to ``metrics.jsonl`` and the trackers, call the callbacks, checkpoint, stop.
+"""The training loop of a :class:`adrpo.flow.trainer.FlowTrainer`: check and prepare the run
+directory, resume or start, evaluate, step, log to ``metrics.jsonl`` and the trackers, call the
+callbacks, checkpoint, stop.
 
 It drives the trainer through the trainer's own methods (``step``, ``save_checkpoint``,
 ``load_checkpoint``); :meth:`FlowTrainer.train` is its public entry point.
@@ -7,11 +8,13 @@ It drives the trainer through the trainer's own methods (``step``, ``save_checkp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from adrpo.errors import ConfigError
+from adrpo.flow import checkpointing, run_directory
 from adrpo.flow import resume as resuming
 from adrpo.flow.callbacks import stop_agreed
 
@@ -22,17 +25,22 @@ Evaluator = Callable[["FlowTrainer"], dict[str, float]]
 
 
 def train(
-    trainer: FlowTrainer, *, resume_from_checkpoint: bool | str, evaluator: Evaluator | None, eval_steps: int,
+    trainer: FlowTrainer, *, resume_from_checkpoint: bool | str, overwrite: bool, allow_config_changes: Sequence[str],
+    evaluator: Evaluator | None, eval_steps: int,
 ) -> list[dict[str, float]]:
     """See :meth:`adrpo.flow.trainer.FlowTrainer.train`."""
     cfg = trainer.config
     accelerator = trainer.accelerator
+    check_run_directory(trainer, resume_from_checkpoint, overwrite=overwrite, allow_config_changes=allow_config_changes)
+    if overwrite and accelerator.is_main_process:
+        run_directory.clear_run(trainer.output_dir)
     if resume_from_checkpoint:
         resume(trainer, resume_from_checkpoint)
     elif accelerator.is_main_process:
         trainer.metrics_log.truncate_after(-1)
     trainer.should_stop = False
     if accelerator.is_main_process:
+        run_directory.save_config(trainer.output_dir, cfg)  # once resumed: a resume that fails changes nothing
         kept = trainer.metrics_log.read()
         for callback in trainer.callbacks:
             if hasattr(callback, "on_train_begin"):
@@ -60,6 +68,26 @@ def train(
     bar.close()
     accelerator.end_training()
     return trainer.metrics_log.read()
+
+
+def check_run_directory(
+    trainer: FlowTrainer, resume_from_checkpoint: bool | str, *, overwrite: bool, allow_config_changes: Sequence[str],
+) -> None:
+    """Refuse a start that would mix two runs in ``output_dir`` (:mod:`adrpo.flow.run_directory`):
+    a fresh start into a run not to be overwritten, a resume under other result-changing settings.
+
+    Every process checks (the same files, so the same answer, and none waits on one that raised),
+    and none goes on before all have: only then does the main process write.
+    """
+    directory = trainer.output_dir
+    if resume_from_checkpoint and overwrite:
+        raise ConfigError("resume_from_checkpoint and overwrite exclude each other: resume the run or replace it")
+    if not resume_from_checkpoint:
+        run_directory.check_fresh_start(directory, overwrite=overwrite)
+    elif resume_from_checkpoint is not True or checkpointing.list_checkpoints(trainer.checkpoint_root) or any(
+            trainer.checkpoint_root.glob(f".old-{checkpointing.CHECKPOINT_PREFIX}*")):  # something to resume
+        run_directory.check_resume(directory, trainer.config, allow_changes=allow_config_changes)
+    trainer.accelerator.wait_for_everyone()
 
 
 def log(trainer: FlowTrainer, metrics: dict[str, float]) -> None:

@@ -314,10 +314,16 @@ class FlowTrainer:
         self,
         *,
         resume_from_checkpoint: bool | str = False,
+        overwrite: bool = False,
+        allow_config_changes: Sequence[str] = (),
         evaluator: Evaluator | None = None,
         eval_steps: int = 0,
     ) -> list[dict[str, float]]:
         """Train to ``config.num_steps``; returns the rows written to ``metrics.jsonl``.
+
+        One run per ``output_dir`` (:mod:`adrpo.flow.run_directory`): a fresh start refuses a
+        directory that already holds a run unless ``overwrite``, and every start saves the
+        configuration to ``output_dir/config.json``.
 
         When a callback sets ``should_stop`` (the collapse monitor under ``monitor: stop``),
         training ends after that step: its checkpoint is saved and the rows so far are returned.
@@ -325,11 +331,16 @@ class FlowTrainer:
         Args:
             resume_from_checkpoint: True resumes from the newest checkpoint under
                 ``output_dir/checkpoints`` (a fresh start when there is none); a path resumes
-                from that checkpoint.
+                from that checkpoint. A resume refuses settings that change the result and
+                differ from ``config.json`` (``num_steps`` may grow), naming each field.
+            overwrite: start afresh in a directory that holds a run, deleting its run files
+                (config, metrics, alarms, checkpoints) first; excludes ``resume_from_checkpoint``.
+            allow_config_changes: FlowConfig fields a resume may change anyway (with a warning).
             evaluator: called before training, every ``eval_steps`` steps and at the end;
                 its metrics are logged with an ``eval/`` prefix.
         """
-        return loop.train(self, resume_from_checkpoint=resume_from_checkpoint, evaluator=evaluator, eval_steps=eval_steps)
+        return loop.train(self, resume_from_checkpoint=resume_from_checkpoint, overwrite=overwrite,
+                          allow_config_changes=allow_config_changes, evaluator=evaluator, eval_steps=eval_steps)
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
