@@ -12,6 +12,9 @@
     adrpo presets                                     # list the bundled YAML presets
 
 ``--set a.b=value`` overrides any YAML key (values are parsed as YAML: 1e-3, true, [0, 1]).
+``--preset`` takes the presets of the command's kind (``--help`` lists them): ``grpo train`` its
+recipes, ``fm train`` / ``fm export`` flow train configs, ``fm compare`` / ``grpo compare`` experiment
+specs on a flow / an LLM task, ``sweep`` either kind of spec.
 
 Paths. What a YAML names for the run to *read* is relative to the YAML's own folder, wherever the
 command runs: a data or prompt file (``dataset.path``, ``task_args.prompts``) always; a model or a
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 import sys
 from importlib import resources
@@ -38,16 +42,41 @@ import yaml
 
 from adrpo.errors import ConfigError
 
+# What a preset is, by the command that runs it: a `grpo train` recipe, an `fm train` config, or an
+# experiment spec on a flow or an LLM task (`sweep` runs both kinds of spec).
+PRESET_COMMANDS = {"grpo": "adrpo grpo train", "train": "adrpo fm train", "flow": "adrpo fm compare", "llm": "adrpo grpo compare"}
 
-def preset_path(name: str) -> Path:
+
+def preset_path(name: str, kinds: tuple[str, ...] | None = None) -> Path:
+    """The bundled YAML ``name``; with ``kinds``, refused unless its :func:`preset_kind` is one of them."""
     path = Path(str(resources.files("adrpo") / "configs" / f"{name}.yaml"))
     if not path.exists():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets(kinds))}")
+    if kinds is not None and preset_kind(name) not in kinds:
+        kind = preset_kind(name)
+        raise ConfigError(f"preset {name!r} is for `{PRESET_COMMANDS[kind]}`{' or `adrpo sweep`' if kind in ('flow', 'llm') else ''}; "
+                          f"this command takes: {', '.join(list_presets(kinds))}")
     return path
 
 
-def list_presets() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("adrpo").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+def list_presets(kinds: tuple[str, ...] | None = None) -> list[str]:
+    """The bundled presets' names, sorted; with ``kinds``, only those of these :func:`preset_kind` s."""
+    names = sorted(p.name[: -len(".yaml")] for p in resources.files("adrpo").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+    return names if kinds is None else [name for name in names if preset_kind(name) in kinds]
+
+
+@functools.cache
+def preset_kind(name: str) -> str:
+    """A preset's kind (a key of :data:`PRESET_COMMANDS`): ``grpo`` (it names ``model_name_or_path``),
+    ``flow`` or ``llm`` (an experiment spec with ``methods``, by its task), else ``train``."""
+    from adrpo.experiments.spec import TASK_KINDS
+
+    values = load_yaml(preset_path(name))
+    if "model_name_or_path" in values:
+        return "grpo"
+    if "methods" not in values:
+        return "train"
+    return TASK_KINDS.get(values.get("task", "digits"), "flow")
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -95,7 +124,7 @@ def _config_file(args: argparse.Namespace) -> Path:
     """The YAML of ``--config`` or ``--preset``, absolute."""
     if (args.config is None) == (args.preset is None):
         raise ConfigError("give exactly one of --config or --preset")
-    path = Path(args.config) if args.config else preset_path(args.preset)
+    path = Path(args.config) if args.config else preset_path(args.preset, getattr(args, "preset_kinds", None))
     if not path.is_file():
         raise ConfigError(f"--config {args.config!r}: no such file")
     return path.absolute()
@@ -279,12 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = top.add_parser("sweep", help="a grid of configurations × seeds on any task: table, Pareto fronts, verdicts, grids")
     sweep.set_defaults(func=cmd_experiment, kind=None)
     for sub in (compare, grpo_compare, sweep):
-        sub.add_argument("--output-dir", dest="output_dir")
-        sub.add_argument("--seeds", type=int, nargs="+")
+        sub.add_argument("--output-dir", dest="output_dir",
+                         help="where the table, plots, results.json and runs/ go (replaces the spec's output_dir; relative to the working directory)")
+        sub.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="the seeds to run, e.g. --seeds 0 1 2 (replaces the spec's seeds)")
         sub.add_argument("--workers", type=int, help="parallel runs (processes, one thread each)")
         sub.add_argument("--force", action="store_true", help="retrain runs that already have a complete result")
-    for sub in (compare, train, export, grpo_parser, grpo_train, grpo_compare, sweep):
-        sub.add_argument("--preset", help=f"a bundled preset ({', '.join(list_presets())})")
+    preset_kinds = {compare: ("flow",), train: ("train",), export: ("train",), grpo_parser: ("grpo",), grpo_train: ("grpo",),
+                    grpo_compare: ("llm",), sweep: ("flow", "llm")}
+    for sub, kinds in preset_kinds.items():
+        sub.set_defaults(preset_kinds=kinds)
+        sub.add_argument("--preset", help=f"a bundled preset ({', '.join(list_presets(kinds))})")
         sub.add_argument("--config", help="a YAML file")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML key (dotted)")
     for sub in (train, grpo_parser, grpo_train):

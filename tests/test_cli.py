@@ -262,6 +262,42 @@ def test_bundled_presets_are_valid():
         assert (name == "digits-clip-ablation") <= bool(above)  # its 2×β0 row is one of them
 
 
+def help_text(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_each_command_offers_and_takes_only_its_kind_of_preset(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps help at the terminal width (and at hyphens)
+    offered = {command: re.search(r"--preset PRESET\s+a bundled preset \(([^)]*)\)", help_text(capsys, command.split())).group(1).split(", ")
+               for command in ("fm train", "fm export", "fm compare", "grpo", "grpo train", "grpo compare", "sweep")}
+    assert offered["fm train"] == offered["fm export"] == ["digits-train", "flux-dev", "flux-tiny", "sd3-medium", "sd3-tiny"]
+    assert offered["grpo"] == offered["grpo train"] == [name for name in cli.list_presets() if name.startswith("grpo-")]
+    assert offered["fm compare"] == ["digits", "digits-clip-ablation", "digits-quick", "digits-sweep", "digits-sweep-quick"]
+    assert offered["grpo compare"] == ["arithmetic", "arithmetic-quick", "arithmetic-sweep", "arithmetic-sweep-quick", "audio-qa"]
+    assert offered["sweep"] == sorted(offered["fm compare"] + offered["grpo compare"])
+    assert sorted(name for names in (offered["fm train"], offered["grpo"], offered["sweep"]) for name in names) == cli.list_presets()
+
+    for argv, needle in ((["fm", "train", "--preset", "grpo-smollm2"], "preset 'grpo-smollm2' is for `adrpo grpo train`; this command takes: digits-train,"),
+                         (["fm", "compare", "--preset", "arithmetic-quick"], "is for `adrpo grpo compare` or `adrpo sweep`; this command takes: digits,"),
+                         (["grpo", "train", "--preset", "digits-train"], "preset 'digits-train' is for `adrpo fm train`; this command takes: grpo-"),
+                         (["sweep", "--preset", "sd3-tiny"], "preset 'sd3-tiny' is for `adrpo fm train`; this command takes: arithmetic,")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_experiment_options_have_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    for command in (["fm", "compare"], ["grpo", "compare"], ["sweep"]):
+        text = help_text(capsys, command)
+        assert re.search(r"--output-dir OUTPUT_DIR\s+where the table, plots, results.json and runs/ go", text)
+        assert re.search(r"--seeds SEED \[SEED \.\.\.\]\s+the seeds to run", text)
+
+
 def test_train_config_types_are_checked_by_field(tmp_path, digits_cache, capsys):
     for changes, piece in (({"eval_steps": "often"}, "eval_steps must be a int, got 'often'"),
                            ({"task_args": [1]}, "task_args must be a dict"),
