@@ -47,7 +47,8 @@ def test_image_column_paths_become_images_and_prompts_messages(image_file):
 def test_missing_media_file_names_the_row(tmp_path):
     data = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "wav": "ok.wav"}, {"prompt": "q", "wav": "gone.wav"}])
     write_wav(tmp_path / "ok.wav", np.zeros(160, dtype=np.float32))
-    with pytest.raises(ConfigError, match=r"dataset: row 1: audio file '.*gone.wav' does not exist"):
+    with pytest.raises(ConfigError, match=r"dataset: 1 bad media value\(s\) in 2 rows, found before training:\n"
+                                          r"  row 1 \(line 2\), column 'wav': audio file '.*gone.wav' does not exist"):
         load_prompt_dataset({"path": str(data), "audio_column": "wav"})
     with pytest.raises(ConfigError, match=r"has no column\(s\) \['sound'\]"):
         load_prompt_dataset({"path": str(data), "audio_column": "sound"})
