@@ -111,7 +111,8 @@ def test_resume_mid_buffer_in_the_second_epoch_is_exact(model_path, tmp_path):
     assert bitwise_equal(weights(ours), weights(stock)) and rows(ours) == rows(stock)  # training itself unchanged
 
     resumed, checkpoint = stopped_and_resumed(ResumableGRPO, model_path, tmp_path / "resumed", **setting)
-    assert (checkpoint / BUFFER_FILE.format(process=0)).exists()
+    buffer, state = checkpoint / BUFFER_FILE.format(process=0), checkpoint / "trainer_state.json"
+    assert buffer.stat().st_mtime_ns <= state.stat().st_mtime_ns  # a checkpoint killed before its state has no buffer either
     head, embedding = resumed.model.lm_head.weight, resumed.model.model.embed_tokens.weight
     assert head is embedding  # transformers' "missing lm_head.weight" on reload: the tied head, re-tied
     assert bitwise_equal(weights(resumed), weights(ours))

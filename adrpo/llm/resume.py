@@ -65,7 +65,7 @@ class ExactResume:
     """Mix into a GRPOTrainer subclass (before it in the bases) for an exact resume; see the module docstring.
 
     Overrides ``_get_train_sampler`` (the same sampler, with ``set_epoch``), ``_save_checkpoint`` (writes the
-    buffer and the moving reference after TRL's checkpoint) and ``_load_optimizer_and_scheduler`` (TRL's and
+    buffer and the moving reference, then TRL's checkpoint) and ``_load_optimizer_and_scheduler`` (TRL's and
     transformers' resume hook: reads them back). An uninterrupted run trains exactly as without it.
     """
 
@@ -82,18 +82,20 @@ class ExactResume:
         return EpochSeededRepeatSampler.like(sampler) if type(sampler) is RepeatSampler else sampler
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.args.save_only_model:  # no optimizer either: such a checkpoint cannot resume
-            return
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        torch.save({"step": self._step, "buffered_inputs": self._buffered_inputs},
-                   folder / BUFFER_FILE.format(process=self.accelerator.process_index))
-        if self.args.sync_ref_model and self.accelerator.is_main_process:
-            reference = self._moving_reference()
-            if reference is not None:
-                from safetensors.torch import save_model
+        # written before TRL's and transformers' files, whose trainer_state.json comes last: a checkpoint that
+        # has one has these too, also when the run was killed while saving
+        if not self.args.save_only_model:  # without the optimizer either, such a checkpoint cannot resume
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save({"step": self._step, "buffered_inputs": self._buffered_inputs},
+                       folder / BUFFER_FILE.format(process=self.accelerator.process_index))
+            if self.args.sync_ref_model and self.accelerator.is_main_process:
+                reference = self._moving_reference()
+                if reference is not None:
+                    from safetensors.torch import save_model
 
-                save_model(reference, str(folder / REFERENCE_FILE))
+                    save_model(reference, str(folder / REFERENCE_FILE))
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
