@@ -22,9 +22,11 @@ read. Audio is not decoded here: paths stay paths, and hub ``Audio`` columns are
 torchcodec; the trainer reads both with soundfile and resamples them to the model's rate
 (:func:`adrpo.llm.audio.load_clip`).
 
-Every row's media are checked once, here, before training: image files must exist and open; audio
-must exist, be readable and hold one non-empty channel, judged from the file header
-(``soundfile.info``), not by decoding. All bad rows are reported in one ConfigError.
+Every row's media are checked once, here, before training: image paths must name files that open
+(hub images are left to datasets); audio (paths and hub values) must exist, be readable and hold one
+non-empty channel, judged from the file header (``soundfile.info``), not by decoding; any sampling
+rate is fine. All bad rows are reported in one ConfigError, one line each (the first
+:data:`SHOWN_PROBLEMS` listed, the rest counted).
 
 Rows are named in every message as :func:`adrpo.data.mmau.row_label` does: the 0-based row index,
 then the line number (JSON Lines files) and the row's id where known: ``row 2 (line 3, id 'q2')``.
