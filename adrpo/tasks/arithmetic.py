@@ -9,7 +9,10 @@ train and held-out sets (by a fixed random permutation).
 
 The evaluator samples G completions per held-out prompt with fixed seeds and reports
 accuracy (the reward), the per-token KL to the reference (exact, over the vocabulary, on the
-policy's own samples), the per-token entropy, and diversity = distinct completions / G.
+policy's own samples), the per-token entropy, and diversity = distinct completions / G. The
+reference of :func:`evaluation_callback` is its own copy of the base model, which TRL's
+``sync_ref_model`` never moves: with a moving reference this ``kl`` is still the drift from the
+base (as the training rows' ``kl_base``), not the KL to TRL's current reference.
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def evaluate_policy(model, reference, tokenizer, rows: list[dict], *, group: int
 
 def evaluation_callback(reference_path: Path, rows: list[dict], *, steps: int, group: int, max_new_tokens: int, seed: int,
                         monitor=None):
-    """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``."""
+    """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``
+    (loaded here once and never synced: its ``kl`` is to the base also when the trainer's reference moves)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adrpo.llm.callbacks import policy_evaluation

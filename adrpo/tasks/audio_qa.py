@@ -18,7 +18,9 @@ The evaluator samples ``group`` completions per held-out item at temperature 1 w
 accuracy (the share of samples naming the right choice; ``reward``), accuracy per category in percent
 (``acc/sound``, ``acc/music``, ``acc/speech``, ``acc/total``), the format rate, the per-token KL to the
 reference (exact over the vocabulary, on the policy's own samples), the per-token entropy, and diversity =
-distinct completions / G.
+distinct completions / G. The reference of :func:`evaluation_callback` is its own copy of the base model, which
+TRL's ``sync_ref_model`` never moves: with a moving reference this ``kl`` is still the drift from the base (as
+the training rows' ``kl_base``), not the KL to TRL's current reference.
 """
 
 from __future__ import annotations
@@ -216,7 +218,8 @@ def evaluate_policy(model, reference, processor, rows: list[dict[str, Any]], *, 
 
 def evaluation_callback(reference_path: Path, rows: list[dict[str, Any]], *, steps: int, group: int, max_new_tokens: int, seed: int,
                         monitor=None):
-    """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``."""
+    """A :class:`adrpo.llm.callbacks.HeldOutEvaluation` of :func:`evaluate_policy` against the model at ``reference_path``
+    (loaded here once and never synced: its ``kl`` is to the base also when the trainer's reference moves)."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     from adrpo.llm.callbacks import policy_evaluation
