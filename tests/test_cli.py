@@ -147,9 +147,9 @@ def test_train_then_resume_continues_from_the_checkpoint(tmp_path, digits_cache,
     steps_run = []
     real_step = FlowTrainer.step
 
-    def counting_step(self):
+    def counting_step(self, **kwargs):
         steps_run.append(self.state.step)
-        return real_step(self)
+        return real_step(self, **kwargs)
 
     monkeypatch.setattr(FlowTrainer, "step", counting_step)
     cli.main(["fm", "train", "--config", str(config), "--resume", "--set", "trainer.num_steps=4"])
@@ -315,7 +315,7 @@ def test_errors_other_than_configuration_keep_their_traceback(tmp_path, digits_c
     propagates with its traceback instead of being printed as `adrpo: error:` and exit 2."""
     from adrpo.rewards.base import RewardError
 
-    def failing_step(self):
+    def failing_step(self, **kwargs):
         raise RewardError("method='adrpo', step 3, reward 'digits': sample 5 got NaN")
 
     monkeypatch.setattr(FlowTrainer, "step", failing_step)
@@ -324,7 +324,8 @@ def test_errors_other_than_configuration_keep_their_traceback(tmp_path, digits_c
         cli.main(["fm", "train", "--config", str(write_yaml(tmp_path / "a.yaml", values))])
     assert "adrpo: error:" not in capsys.readouterr().err
 
-    monkeypatch.setattr(FlowTrainer, "step", lambda self: {}["missing"])
+    monkeypatch.setattr(FlowTrainer, "step", lambda self, **kwargs: {}["missing"])
+    values["trainer"]["output_dir"] = str(tmp_path / "run-b")  # the first run's directory holds that run now
     with pytest.raises(KeyError):
         cli.main(["fm", "train", "--config", str(write_yaml(tmp_path / "b.yaml", values))])
 
