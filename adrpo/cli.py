@@ -131,7 +131,13 @@ def _config_file(args: argparse.Namespace) -> Path:
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
-    return apply_overrides(load_yaml(_config_file(args)), args.set)
+    """The YAML's mapping, its ``task_args`` paths resolved from its folder (:func:`resolve_task_paths`),
+    then the ``--set`` overrides (taken as typed)."""
+    path = _config_file(args)
+    values = load_yaml(path)
+    if isinstance(values.get("task_args"), dict):
+        values["task_args"] = resolve_task_paths(values["task_args"], path.parent)
+    return apply_overrides(values, args.set)
 
 
 def _relative_to_config(args: argparse.Namespace, path: str) -> str:
@@ -173,11 +179,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from adrpo.experiments.spec import ExperimentSpec
     from adrpo.settings import check_output_dir
 
-    path = _config_file(args)
-    values = load_yaml(path)
-    if isinstance(values.get("task_args"), dict):
-        values["task_args"] = resolve_task_paths(values["task_args"], path.parent)
-    values = apply_overrides(values, args.set)
+    values = _config_values(args)
     if args.kind == "llm":
         values.setdefault("task", "arithmetic")
     for name in ("output_dir", "seeds", "workers"):

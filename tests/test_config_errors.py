@@ -175,3 +175,17 @@ def test_experiment_task_paths_are_read_from_the_yaml_folder(tmp_path):
                         "reward": [{"type": "clip_score", "model": "openai/clip-vit-large-patch14"}, {"type": "clip_score", "model": str(tmp_path / "clip")}]}
     assert cli.resolve_task_paths({"pipeline": "runs/tiny-sd3/sd3", "prompts": ["a cat"]}, tmp_path) == {
         "pipeline": "runs/tiny-sd3/sd3", "prompts": ["a cat"]}  # not in the YAML's folder: the working directory's (make-tiny-sd3)
+
+
+def test_config_values_resolve_task_paths_from_the_yaml_and_take_set_as_typed(tmp_path, monkeypatch):
+    """What fm train / fm export / the experiment commands read: task_args paths from the YAML's folder,
+    a --set value as typed (relative to the working directory)."""
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    config = tmp_path / "cfg" / "train.yaml"
+    config.write_text(yaml.safe_dump({"task": "text_to_image", "task_args": {"prompts": "prompts.txt", "pipeline": "./pipe"}}))
+    args = argparse.Namespace(config=str(config), preset=None, set=["task_args.eval_prompts=eval.txt"], preset_kinds=("train",))
+    assert cli._config_values(args)["task_args"] == {"prompts": str(tmp_path / "cfg" / "prompts.txt"), "pipeline": str(tmp_path / "cfg" / "pipe"),
+                                                     "eval_prompts": "eval.txt"}
