@@ -7,6 +7,8 @@ checkpoint as its last write, which is what a ``kill -9`` right after the save l
 fix: two epochs (the sampler's permutation of epoch 1), ``steps_per_generation = 2`` with the checkpoint inside
 a generation buffer, and TRL's moving reference. Stock TRL diverges on it (checked too), so the test is not
 passing by luck. transformers' final summary row (train_loss, runtimes) is per ``train()`` call and left out.
+A model whose saved weight names differ from its own (Qwen2-Audio) is reloaded with its trained weights, where
+transformers' own resume loads none of them.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from adrpo.llm.config import ADRPOConfig
-from adrpo.llm.resume import BUFFER_FILE, REFERENCE_FILE, EpochSeededRepeatSampler, ExactResume
+from adrpo.llm.resume import BUFFER_FILE, REFERENCE_FILE, EpochSeededRepeatSampler, ExactResume, saved_weight_names
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
+from adrpo.llm.tiny_audio import tiny_audio_lm, tiny_audio_processor
 from adrpo.llm.trainer import ADRPOTrainer
 
 PROMPTS = ["1+2=", "3+4=", "5+1=", "2+2="]
@@ -133,3 +136,25 @@ def test_adrpo_resume_with_a_moving_reference_is_exact(model_path, tmp_path):
     assert bitwise_equal(resumed.ref_model.state_dict(), whole.ref_model.state_dict())
     assert rows(resumed) == rows(whole)
     assert all(math.isfinite(row["kl_base"]) for row in rows(whole))  # the base (not moved) is rebuilt the same on resume
+
+
+def test_resume_loads_weights_saved_under_their_original_names(tmp_path):
+    # Qwen2-Audio has a conversion mapping: save_pretrained writes audio_tower.*, the model holds model.audio_tower.*
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    processor = tiny_audio_processor(list("abc ?"))
+    base = save_model_and_tokenizer(tiny_audio_lm(processor), processor, tmp_path / "base")
+    trained = Qwen2AudioForConditionalGeneration.from_pretrained(base)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.5)
+    trained.save_pretrained(tmp_path / "checkpoint")
+    assert not saved_weight_names(tmp_path / "checkpoint") <= set(trained.state_dict())  # what transformers' Trainer loads as is
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                      per_device_train_batch_size=4, num_generations=4)
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": "a"}]] * 4})
+    trainer = ADRPOTrainer(model=str(base), reward_funcs=digit_count, args=args, train_dataset=prompts)
+    GRPOTrainer._load_from_checkpoint(trainer, str(tmp_path / "checkpoint"))  # transformers': nothing loads
+    assert not bitwise_equal(weights(trainer), trained.state_dict())
+    trainer._load_from_checkpoint(str(tmp_path / "checkpoint"))
+    assert bitwise_equal(weights(trainer), trained.state_dict())

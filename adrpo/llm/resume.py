@@ -25,23 +25,44 @@ number of processes. transformers' final summary row (``train_loss``, ``train_ru
 checkpoint falls inside a logging interval (``save_steps`` not a multiple of ``logging_steps``: a warning says
 so), since the metrics averaged over an interval are not in a checkpoint either.
 
-The ``lm_head.weight`` that transformers reports missing when it loads a tied-embedding checkpoint is the
-tied head, which ``save_pretrained`` leaves out on purpose: the reloaded model's head is its embedding, tied
-(checked in the test).
+The model's own weights: transformers' ``Trainer._load_from_checkpoint`` loads the saved names as they are,
+but transformers 5's ``save_pretrained`` writes them in the checkpoint's original format, which for models with
+a conversion mapping (Qwen2-Audio: ``audio_tower.*`` on disk, ``model.audio_tower.*`` in memory; by transformers
+issue #43701, open when checked on 2026-12-03, VLMs such as Qwen2.5-VL too) matches none of the model's names:
+every key is "missing" and "unexpected", and the resumed run silently trains on from the base weights with the
+checkpoint's optimizer (measured on a tiny Qwen2-Audio: weights and rows differed). Where the saved names
+are not the model's, :meth:`ExactResume._load_from_checkpoint` reads the checkpoint back with
+``from_pretrained``, which applies the mapping. The ``lm_head.weight`` that transformers reports missing on a
+tied-embedding checkpoint (Qwen2 here) is harmless: ``save_pretrained`` leaves the tied head out on purpose, and
+the reloaded head is the embedding, tied (checked in the test).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import RepeatSampler
 
 BUFFER_FILE = "generation_buffer-{process}.pt"
 REFERENCE_FILE = "moving_reference.safetensors"
+
+
+def saved_weight_names(checkpoint: Path) -> set[str] | None:
+    """The tensor names of a ``save_pretrained`` folder's safetensors (one file or an index); None without them."""
+    from safetensors import safe_open
+
+    if (checkpoint / "model.safetensors.index.json").exists():
+        return set(json.loads((checkpoint / "model.safetensors.index.json").read_text())["weight_map"])
+    if (checkpoint / "model.safetensors").exists():
+        with safe_open(str(checkpoint / "model.safetensors"), "pt") as handle:
+            return set(handle.keys())
+    return None
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -65,8 +86,9 @@ class ExactResume:
     """Mix into a GRPOTrainer subclass (before it in the bases) for an exact resume; see the module docstring.
 
     Overrides ``_get_train_sampler`` (the same sampler, with ``set_epoch``), ``_save_checkpoint`` (writes the
-    buffer and the moving reference, then TRL's checkpoint) and ``_load_optimizer_and_scheduler`` (TRL's and
-    transformers' resume hook: reads them back). An uninterrupted run trains exactly as without it.
+    buffer and the moving reference, then TRL's checkpoint), ``_load_optimizer_and_scheduler`` (TRL's and
+    transformers' resume hook: reads them back) and ``_load_from_checkpoint`` (the model's weights under their
+    saved names). An uninterrupted run trains exactly as without it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -96,6 +118,14 @@ class ExactResume:
 
                     save_model(reference, str(folder / REFERENCE_FILE))
         super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        target = self.model if model is None else model
+        saved = saved_weight_names(Path(resume_from_checkpoint))
+        if saved is None or not isinstance(target, PreTrainedModel) or saved <= set(target.state_dict()):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # the names match (PEFT: an adapter)
+        reloaded = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)  # applies the conversion mapping
+        target.load_state_dict(reloaded.state_dict())
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
