@@ -91,6 +91,27 @@ def test_w2_bound_fires_at_the_first_row_past_it():
     assert alarm.message == "w2_bound at step 4: w2 = 0.51 > w2_max = 0.5"
 
 
+def test_w2_bound_reads_the_divergence_to_the_base_under_a_moving_reference():
+    # the moving reference follows the policy: w2 stays small while w2_base walks past the bound
+    w2, w2_base = [0.0, 0.01, 0.02, 0.01, 0.02], [0.0, 0.1, 0.3, 0.6, 11.5]
+    rows = [{**row, "w2_base": b} for row, b in zip(flow_rows([0.5] * 5, [4.0] * 5, w2), w2_base)]
+    alarm = only(detect(rows))
+    assert (alarm.rule, alarm.metric, alarm.step, alarm.value) == ("w2_bound", "w2_base", 4, 0.6)
+    assert alarm.message == "w2_bound at step 4: w2_base = 0.6 > w2_max = 0.5"
+    # w2 past the bound does not fire where the row has w2_base: that is the drift bounded
+    assert detect([{"step": 1, "w2": 0.9, "w2_base": 0.1}]) == []
+    evals = [{"step": 0, "eval/w2": 0.0, "eval/w2_base": 0.0}, {"step": 50, "eval/w2": 0.05, "eval/w2_base": 0.7}]
+    assert only(detect(evals)).metric == "eval/w2_base"
+
+
+@pytest.mark.parametrize("plain, base, rows_needed", [("kl", "kl_base", 3), ("eval_kl", "eval_kl_base", 1)])
+def test_kl_bound_reads_kl_base_when_a_row_has_it(plain, base, rows_needed):
+    rows = [{"step": s, plain: 0.01, base: k} for s, k in ((1, 0.0), (2, 0.6), (3, 0.7), (4, 0.8))]
+    alarm = only(detect(rows))
+    assert (alarm.metric, alarm.step) == (base, 1 + rows_needed)
+    assert detect([{"step": s, plain: 0.9, base: 0.1} for s in (1, 2, 3, 4)]) == []
+
+
 def test_kl_bound_on_trl_eval_keys_fires_on_one_row():
     # a held-out evaluation averages many prompts: no patience (the audio QA miniature's GRPO β = 0, seed 2)
     rows = [{"step": s, "eval_kl": k, "eval_reward": 0.3} for s, k in ((0, 0.0), (25, 2.08), (50, 0.21), (75, 0.03))]

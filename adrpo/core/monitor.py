@@ -13,9 +13,11 @@ first row averages its first ``logging_steps`` steps. Six rules, each reading th
                            while the reward of the same row is above its base
 ``entropy_collapse``       per-token entropy (TRL) < ``entropy_fraction`` × base while the
                            reward is above its base
-``w2_bound``               the W2 proxy mean ‖v_θ − v_ref‖² per dimension > ``w2_max``
+``w2_bound``               the W2 proxy mean ‖v_θ − v_ref‖² per dimension > ``w2_max``; to
+                           the base model (``w2_base``) where the row has it
 ``kl_bound``               per-token KL(π_θ‖π_ref) > ``kl_max`` (the training batch's: in
-                           ``kl_rows`` consecutive rows; a held-out evaluation's: in one)
+                           ``kl_rows`` consecutive rows; a held-out evaluation's: in one); to
+                           the base model (``kl_base``) where the row has it
 ``zero_std_saturation``    share of prompt groups whose rewards are all equal (no signal)
                            > ``zero_std_max`` in ``saturation_rows`` consecutive rows
 ``negative_saturation``    share of negative ADRPO coefficients β0 − A (samples pushed away
@@ -23,7 +25,14 @@ first row averages its first ``logging_steps`` steps. Six rules, each reading th
 =========================  ==================================================================
 
 A rule whose keys a row lacks (or holds as None/NaN) does not look at that row: missing
-metrics switch rules off, so one detector serves flow and TRL runs. Key names: flow training rows are
+metrics switch rules off, so one detector serves flow and TRL runs.
+
+The drift bounds measure the divergence from the base model. Under a moving reference
+(``sync_ref_model``) ``w2`` and ``kl`` are to the current reference, which follows the policy, so
+they can stay small while the policy walks arbitrarily far from the base (moving-reference ADRPO-FM
+runs reached a W2 of 11–12 to the base, over 20 × ``w2_max``, without an alarm); such runs also log
+``w2_base`` / ``kl_base`` (evaluations ``eval/w2_base``, ``eval_kl_base``), and the bounds read
+those where a row has them, the plain key otherwise (under a fixed reference they are the same). Key names: flow training rows are
 unprefixed (``reward_mean``, ``diversity``, ``w2``, ``frac_negative``) and its evaluator's
 carry ``eval/``; TRL 1.16's ``GRPOTrainer.log`` hands callbacks unprefixed training keys
 (``reward``, ``kl``, ``entropy``, ``frac_reward_zero_std``, ``adrpo/frac_negative``) and
@@ -199,7 +208,8 @@ class Bound:
     row count of :class:`Thresholds` (else in one row). With ``patient`` the row count applies to
     those keys only, and every other key fires on one row.
 
-    ``threshold`` names the bound in :class:`Thresholds`.
+    ``threshold`` names the bound in :class:`Thresholds`. ``instead`` maps a key to the key read in
+    its place when a row has that one (``w2`` → ``w2_base``); ``patient`` names the plain keys.
     """
 
     name: str
@@ -207,13 +217,16 @@ class Bound:
     threshold: str
     rows: str | None = None
     patient: tuple[str, ...] | None = None
+    instead: tuple[tuple[str, str], ...] = ()
 
     def check(self, row: Mapping[str, float], step: int, memory: Memory, limits: Thresholds) -> Alarm | None:
         bound = getattr(limits, self.threshold)
-        for key in self.keys:
+        preferred = dict(self.instead)
+        for plain in self.keys:
+            key = preferred[plain] if preferred.get(plain) in row else plain
             if bound is None or key not in row:
                 continue
-            counted = self.rows is not None and (self.patient is None or key in self.patient)
+            counted = self.rows is not None and (self.patient is None or plain in self.patient)
             needed = getattr(limits, self.rows) if counted else 1
             memory.streaks[key] = memory.streaks.get(key, 0) + 1 if row[key] > bound else 0
             if memory.streaks[key] >= needed:
@@ -229,9 +242,11 @@ RULES: tuple[Rule, ...] = (
     Collapse("diversity_collapse", (("reward_mean", "diversity"), ("eval/reward", "eval/diversity")), "diversity_fraction"),
     Collapse("entropy_collapse", (("reward", "entropy"), ("eval_reward", "eval_entropy"), ("eval/reward", "eval/entropy")),
              "entropy_fraction"),
-    Bound("w2_bound", ("w2", "eval/w2"), "w2_max"),
+    # under a moving reference the divergence to the base, not to the reference, is bounded
+    Bound("w2_bound", ("w2", "eval/w2"), "w2_max", instead=(("w2", "w2_base"), ("eval/w2", "eval/w2_base"))),
     # one training batch's KL is noisy; a held-out evaluation's averages many prompts and fires on one row
-    Bound("kl_bound", ("kl", "eval_kl", "eval/kl"), "kl_max", rows="kl_rows", patient=("kl",)),
+    Bound("kl_bound", ("kl", "eval_kl", "eval/kl"), "kl_max", rows="kl_rows", patient=("kl",),
+          instead=(("kl", "kl_base"), ("eval_kl", "eval_kl_base"), ("eval/kl", "eval/kl_base"))),
     Bound("zero_std_saturation", ("frac_reward_zero_std", "eval_frac_reward_zero_std"), "zero_std_max", rows="saturation_rows"),
     Bound("negative_saturation", ("frac_negative", "adrpo/frac_negative", "eval_adrpo/frac_negative"), "negative_max",
           rows="saturation_rows"),

@@ -90,7 +90,11 @@ class FlowConfig:
         "Whether to synchronize the reference model with the active model every `ref_model_sync_steps` steps, using the "
         "`ref_model_mixup_alpha` parameter (TR-DPO, arXiv 2404.09656). Every method's reference moves (ADRPO-FM, "
         "ORW-CFM-W2, Flow-DPO; RAFT uses it only for the w2 metric), in full fine-tuning and LoRA mode; the logged and "
-        "evaluated w2 is then to the current reference, not to the base model.", False)
+        "evaluated w2 is then to the current reference, not to the base model. Logged rows then also carry w2_base, the "
+        "same W2 proxy to the base model on the same (x_t, t) as w2 (one more no-grad forward of the step's samples, "
+        "at logged steps only), which the collapse monitor's w2_bound reads instead of w2. In full fine-tuning that "
+        "costs one more frozen copy of the weights; in LoRA mode none (the base is the policy with adapters disabled).",
+        False)
     ref_model_mixup_alpha: float = _help(
         "α parameter from the TR-DPO paper, which controls the mix between the current policy and the previous reference "
         "policy during updates. The reference policy is updated according to the equation: "

@@ -52,11 +52,13 @@ def train(
         disable=not (cfg.progress_bar and accelerator.is_main_process),
     )
     while trainer.state.step < cfg.num_steps:
-        metrics = trainer.step()
-        step = trainer.state.step
-        if evaluator is not None and (step == cfg.num_steps or (eval_steps and step % eval_steps == 0)):
+        step = trainer.state.step + 1
+        evaluating = evaluator is not None and (step == cfg.num_steps or (eval_steps and step % eval_steps == 0))
+        logging = evaluating or step % cfg.logging_steps == 0 or step == cfg.num_steps
+        metrics = trainer.step(divergence_to_base=logging)
+        if evaluating:
             metrics.update({f"eval/{k}": v for k, v in evaluator(trainer).items()})
-        if step % cfg.logging_steps == 0 or step == cfg.num_steps or any(k.startswith("eval/") for k in metrics):
+        if logging:
             log(trainer, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", w2=f"{metrics['w2']:.4f}")

@@ -21,8 +21,9 @@ clipping are filled from the config.
 
 Resuming: checkpoints hold the model (in LoRA mode its adapter weights only), optimizer,
 accelerate's RNG states and the trainer state (step, sampling-policy snapshot, random
-generator, prompt order, a moving reference's weights). The initial reference and a LoRA base
-are *not* saved: build the trainer from the same base model and call ``train(resume_from_checkpoint=True)``.
+generator, prompt order, a moving reference's weights). The initial reference, a LoRA base and
+the base copy of a moving reference are *not* saved: build the trainer from the same base model
+and call ``train(resume_from_checkpoint=True)``.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ class FlowTrainer:
     (``accelerate.utils.set_seed(config.seed)``), so LoRA initialisation is reproducible.
 
     With ``config.sync_ref_model`` the reference moves (:mod:`adrpo.flow.reference`); then
-    :meth:`reference_velocity` and every logged or evaluated ``w2`` are to the current reference.
+    :meth:`reference_velocity` and every logged or evaluated ``w2`` are to the current reference,
+    and the logged rows also carry ``w2_base``, the same proxy to the base model
+    (:meth:`base_velocity`), which the collapse monitor's ``w2_bound`` reads instead of ``w2``.
+    With a fixed reference the reference is the base, ``w2`` is that divergence, and no
+    ``w2_base`` is logged.
     """
 
     def __init__(
@@ -128,6 +133,10 @@ class FlowTrainer:
             self.reference: nn.Module | None = None
         else:
             self.reference = copy.deepcopy(model).requires_grad_(False).eval().to(self.accelerator.device)
+        # w2_base's base once the reference moves away from it: in full fine-tuning a second frozen copy
+        # (LoRA mode: the policy with its adapters disabled, no copy). Copying draws no random number.
+        full_copy = config.sync_ref_model and self.reference is not None
+        self.base: nn.Module | None = copy.deepcopy(self.reference) if full_copy else None
         params = [p for p in model.parameters() if p.requires_grad]
         check_trainable_precision(params, self.accelerator, lora_rank=config.lora_rank)
         optimizer = adamw(params, config)
@@ -200,6 +209,19 @@ class FlowTrainer:
             return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     @torch.no_grad()
+    def base_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """v_base(x_t, t, c) of the base model the run started from: (N, *D) -> (N, *D), in
+        micro-batches. With a fixed reference that is :meth:`reference_velocity`; with
+        ``sync_ref_model`` the frozen base copy (full fine-tuning) or the policy with its adapters
+        disabled (LoRA mode)."""
+        if self.state.reference is None:
+            return self.reference_velocity(x_t, t, cond)
+        if self.base is not None:
+            return self.in_chunks(lambda s: self.base(x_t[s], t[s], cond[s]), len(x_t))
+        with adapters_disabled(self.policy):
+            return self.in_chunks(lambda s: self.policy(x_t[s], t[s], cond[s]), len(x_t))
+
+    @torch.no_grad()
     def sample(
         self,
         prompts: Sequence[str],
@@ -243,8 +265,14 @@ class FlowTrainer:
         return own(num_steps) if own is not None else shifted_time_grid(num_steps)
 
     # ----------------------------------------------------------------- training
-    def step(self) -> dict[str, float]:
-        """One online step; returns its metrics (floats)."""
+    def step(self, *, divergence_to_base: bool = True) -> dict[str, float]:
+        """One online step; returns its metrics (floats).
+
+        With a moving reference and ``divergence_to_base``, the metrics include ``w2_base``: the W2
+        proxy mean ‖v_θ − v_base‖² on the same (x_t, t) as ``w2``, one more no-grad forward of N
+        samples through the base (:meth:`base_velocity`). The training loop asks for it only at the
+        steps whose row it logs; it changes no weight and draws no random number.
+        """
         cfg = self.config
         group = cfg.group_size
         distinct = self._next_prompts()
@@ -285,6 +313,8 @@ class FlowTrainer:
         }
         if "w2" not in scalars:
             scalars["w2"] = squared_error(v, v_ref).mean()
+        if divergence_to_base and self.state.reference is not None:
+            scalars["w2_base"] = squared_error(v, self.base_velocity(x_t, t, cond)).mean()
         if grad_norm is not None:
             scalars["grad_norm"] = grad_norm
         if self.diversity_fn is not None:
