@@ -189,3 +189,13 @@ def test_config_values_resolve_task_paths_from_the_yaml_and_take_set_as_typed(tm
     args = argparse.Namespace(config=str(config), preset=None, set=["task_args.eval_prompts=eval.txt"], preset_kinds=("train",))
     assert cli._config_values(args)["task_args"] == {"prompts": str(tmp_path / "cfg" / "prompts.txt"), "pipeline": str(tmp_path / "cfg" / "pipe"),
                                                      "eval_prompts": "eval.txt"}
+
+
+def test_grpo_train_refuses_a_missing_reward_model_and_a_missing_config(tmp_path, tiny_model, capsys):
+    config = write_recipe(tmp_path / "cfg", model_name_or_path=str(tiny_model),
+                          rewards=[{"type": "math_answer"}, {"type": "sequence_classifier", "model": "./rm"}])
+    err = one_line_error(capsys, ["grpo", "train", "--config", str(config)])
+    assert f"rewards[1].model {str(tmp_path / 'cfg' / 'rm')!r}: no such folder" in err
+    err = one_line_error(capsys, ["grpo", "train", "--config", str(config), "--set", "rewards=[math_answer]"])
+    assert "rewards must be a list of mappings such as {type: math_answer, weight: 1.0}, got ['math_answer']" in err
+    assert "--config 'nope.yaml': no such file" in one_line_error(capsys, ["grpo", "train", "--config", "nope.yaml"])

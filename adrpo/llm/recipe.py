@@ -19,8 +19,9 @@ Paths: ``build_trainer`` takes the mapping as it is (relative paths are from the
 :mod:`adrpo.cli`: what the YAML names is read from the YAML's folder (a file always; a model or a
 dataset ``name`` when it starts with ``./``, ``../``, ``/`` or ``~`` or exists there, else it is a hub
 id), a ``type: callable`` reward's module is imported from there first, and ``args.output_dir`` is
-relative to the working directory. A refused model (neither a folder nor on the hub or in its cache)
-or ``args.output_dir`` (a file, or not creatable) is a one-line :class:`~adrpo.errors.ConfigError`.
+relative to the working directory. A refused model (``model_name_or_path`` or a reward's ``model``:
+neither a folder nor on the hub or in its cache) or ``args.output_dir`` (a file, or not creatable) is a
+one-line :class:`~adrpo.errors.ConfigError` naming the field.
 
 ``monitor`` (see :mod:`adrpo.core.monitor` and :mod:`adrpo.llm.callbacks`) watches the logged
 reward, entropy, KL, zero-std groups and negative coefficients; ``warn`` logs each alarm and
@@ -117,6 +118,8 @@ def build_trainer(values: dict[str, Any]):
     rewards = values["rewards"]
     if not rewards:
         raise ConfigError("rewards is empty")
+    if not isinstance(rewards, list) or not all(isinstance(r, dict) for r in rewards):
+        raise ConfigError(f"rewards must be a list of mappings such as {{type: math_answer, weight: 1.0}}, got {rewards!r}")
     args.setdefault("reward_weights", [float(r.get("weight", 1.0)) for r in rewards])
     try:  # TRL's and peft's own validation (ValueError) and unknown fields (TypeError) are config errors too
         config = (ADRPOConfig if kind == "adrpo" else GRPOConfig)(**args)
@@ -133,6 +136,9 @@ def build_trainer(values: dict[str, Any]):
             raise ConfigError(f"peft: {err}") from err
     monitor = monitor_callback(values.get("monitor", "warn"))
     check_model_source(values["model_name_or_path"])
+    for i, reward in enumerate(rewards):  # a reward model's folder or hub id, before its loader's traceback
+        if isinstance(reward.get("model"), str) and not reward["model"].startswith("package:"):
+            check_model_source(reward["model"], field=f"rewards[{i}].model")
     trainer_cls = ADRPOTrainer if kind == "adrpo" else AudioGRPOTrainer
     return trainer_cls(
         model=resolve_model_path(values["model_name_or_path"], cache_root()), reward_funcs=[build_reward(r) for r in rewards], args=config,
