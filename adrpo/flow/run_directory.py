@@ -5,9 +5,12 @@ and the checks :meth:`adrpo.flow.trainer.FlowTrainer.train` makes before it star
   ``metrics.jsonl``, ``alarms.jsonl`` or anything under ``checkpoints/``) unless told to
   overwrite it, which deletes those files first; otherwise the new run's metrics would stand
   beside the old run's checkpoints, and pruning would delete the new run's first checkpoint.
-  TensorBoard/wandb files are not run files: the trainer's trackers open theirs when it is
-  built, before :meth:`train` is called, and an overwrite leaves the old run's beside them.
-- Every start writes ``config.json``, the run's :class:`FlowConfig`, atomically.
+  Trackers' files are not run files: the trainer's trackers open theirs when it is built,
+  before :meth:`train` is called (TensorBoard also writes an ``hparams.yml`` per trainer, with
+  lists as text), and an overwrite leaves the old run's beside them; so does it leave what a
+  task writes there (image grids, diffusers exports, which the new run writes again).
+- Every start writes ``config.json``, the run's :class:`FlowConfig`, atomically, once a resume
+  has loaded its checkpoint (a resume that fails changes nothing).
 - A resume compares the configuration with ``config.json`` and refuses one whose
   result-changing settings differ, naming each field with its saved and new value. Which fields
   cannot change the result is declared in :data:`RESULT_NEUTRAL`; every other field is compared,
@@ -163,8 +166,8 @@ def check_resume(directory: Path, config: FlowConfig, *, allow_changes: Sequence
         raise ConfigError(
             f"{directory} holds a run saved with other settings ({directory / CONFIG_NAME}): {listed}{grow}. "
             f"Resuming would continue its checkpoint under the new ones; use the saved settings, or start a new run "
-            f"in another output_dir (or --overwrite), or accept the change with --allow-change FIELD "
-            f"(train(allow_config_changes=[...]))")
+            f"in another output_dir (or --overwrite; in an experiment, --force), or accept the change with "
+            f"--allow-change FIELD (train(allow_config_changes=[...]))")
     if changes:
         listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changes)
         warnings.warn(f"{directory}: resuming with changed settings (allowed): {listed}", stacklevel=5)  # the train() call
