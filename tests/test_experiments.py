@@ -241,3 +241,18 @@ def test_collapse_monitor_messages_go_through_the_runs_bar(tmp_path, digits_cach
         (line,) = [line for line in lines if f"{label} seed 0: collapse monitor: w2_bound" in line]
         assert line.startswith(f"{label} seed 0: collapse monitor") or line.split("\r")[-1].startswith(label), line
     assert any(line.startswith("runs: 0 of 3 finished before and loaded") for line in lines)
+
+
+def test_equal_monitor_settings_hash_alike_and_bad_ones_are_refused_by_name():
+    def spec(monitor):
+        return ExperimentSpec.from_dict({"task": "arithmetic", "monitor": monitor, "methods": [{"label": "GRPO", "trainer": "grpo"}]})
+
+    assert spec(False).monitor == spec("off").monitor == "off"  # `monitor: off` in YAML is false
+    assert spec(True).monitor == spec({"policy": "warn"}).monitor == spec({"thresholds": {}}).monitor == "warn"
+    assert spec({"policy": "stop", "thresholds": {"kl_max": 1.0}}).monitor == {"policy": "stop", "thresholds": {"kl_max": 1.0}}
+    hashes = {engine.config_hash(spec(m), {}) for m in (False, "off")}
+    assert len(hashes) == 1
+    for bad, message in (("loud", "monitor must be one of"), ({"polcy": "stop"}, r"unknown monitor key\(s\) \['polcy'\]"),
+                         ({"thresholds": 3}, "monitor.thresholds must be a mapping")):
+        with pytest.raises(ConfigError, match=message):
+            spec(bad)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adrpo.errors import ConfigError
-from adrpo.settings import from_mapping
+from adrpo.settings import from_mapping, monitor_policy
 
 TASK_KINDS = {"digits": "flow", "text_to_image": "flow", "arithmetic": "llm", "audio_qa": "llm"}
 ROLES = ("adaptive", "baseline", "other")
@@ -77,6 +77,7 @@ class ExperimentSpec:
             raise ConfigError(f"seeds repeat: {self.seeds}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an int >= 1, got {self.workers!r}")
+        self.monitor = normalised_monitor(self.monitor)
         labels = [c.label for c in self.configurations()]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
@@ -94,6 +95,22 @@ class ExperimentSpec:
     def configurations(self) -> list[Configuration]:
         """Every method expanded (grids and point lists), in spec order."""
         return [c for i, method in enumerate(self.methods) for c in expand_method(method, where=f"methods[{i}]")]
+
+
+def normalised_monitor(value: Any) -> Any:
+    """The spec's ``monitor`` in one spelling per meaning, so that equal settings hash alike: a policy
+    name (YAML booleans read as :func:`adrpo.settings.monitor_policy` does: false = "off", true = "warn"),
+    or ``{policy, thresholds}`` when thresholds are given (a mapping without any is its policy)."""
+    if not isinstance(value, dict):
+        return monitor_policy(value)
+    unknown = sorted(set(value) - {"policy", "thresholds"})
+    if unknown:
+        raise ConfigError(f"unknown monitor key(s) {unknown}; known: ['policy', 'thresholds']")
+    policy = monitor_policy(value.get("policy", "warn"), field="monitor.policy")
+    thresholds = value.get("thresholds") or {}
+    if not isinstance(thresholds, dict):
+        raise ConfigError(f"monitor.thresholds must be a mapping, got {thresholds!r}")
+    return {"policy": policy, "thresholds": thresholds} if thresholds else policy
 
 
 def expand_method(method: dict[str, Any], *, where: str) -> list[Configuration]:
