@@ -203,8 +203,11 @@ def test_when_no_checkpoint_loads_resume_raises_naming_each_and_changes_nothing(
     assert message.startswith(f"no checkpoint under {root} can be loaded, so the run cannot resume (")
     assert f"{STEP6}: model.safetensors is 1000 bytes" in message
     assert f"{STEP3}: optimizer.bin is missing" in message
-    assert f"to start fresh, move or delete {root}" in message
+    assert "to start fresh, overwrite the run (--overwrite, train(overwrite=True))" in message
     assert tree_digest(run) == before  # nothing moved, metrics.jsonl not truncated
+    rows = trainer_for(run).train(overwrite=True)  # what the message offers
+    assert [row["step"] for row in rows] == list(range(1, 10))
+    assert names(root) == [STEP6, "step-00000009"]
 
 
 def test_lora_settings_mismatch_is_reported_not_hidden_by_the_fallback(tmp_path):

@@ -76,8 +76,8 @@ def load_newest_intact(accelerator: Accelerator, root: Path) -> Path | None:
     if failed:
         listed = "; ".join(f"{broken.name}: {why}" for broken, why in failed)
         raise ConfigError(f"no checkpoint under {root} can be loaded, so the run cannot resume ({listed}). "
-                          f"Nothing was changed; to start fresh, move or delete {root} (or use another output_dir), "
-                          f"or repair one and pass its path as resume_from_checkpoint")
+                          f"Nothing was changed; to start fresh, overwrite the run (--overwrite, train(overwrite=True)) or use "
+                          f"another output_dir, or repair one and pass its path as resume_from_checkpoint")
     return None
 
 
