@@ -8,8 +8,8 @@ already consumed; three parts of TRL 1.16's state are not in a checkpoint, and e
 - the prompt order after the first epoch. TRL's ``RepeatSampler`` draws one permutation per epoch from a
   generator seeded once, and has no ``set_epoch``; transformers 5 no longer replays the finished epochs, so a
   run resumed in epoch e > 0 sees epoch 0's order again. :class:`EpochSeededRepeatSampler` re-derives the
-  generator in ``set_epoch(e)`` (reseed, then e permutations drawn): the order of an uninterrupted run is
-  bit for bit unchanged, and a resumed run gets epoch e's.
+  generator in ``set_epoch(e)`` (reseed, then e permutations drawn), called at the start of every epoch: the
+  order of an uninterrupted run is bit for bit unchanged, and a resumed run gets epoch e's.
 - the generation buffer. With ``steps_per_generation`` or ``num_iterations`` > 1 one generation serves
   several optimizer steps, held in ``_buffered_inputs`` and indexed by the micro-step counter ``_step``,
   both lost with the process: a resume mid-buffer regenerated new completions from the restored RNG and
@@ -65,6 +65,17 @@ def saved_weight_names(checkpoint: Path) -> set[str] | None:
     return None
 
 
+def moved(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in its dicts, lists and tuples moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: moved(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(moved(v, device) for v in value)
+    return value
+
+
 class EpochSeededRepeatSampler(RepeatSampler):
     """TRL's ``RepeatSampler`` whose permutation in epoch e depends on (seed, e) only, not on how many
     epochs this object has iterated: ``set_epoch(e)`` reseeds and draws the e permutations before it."""
@@ -85,10 +96,11 @@ class EpochSeededRepeatSampler(RepeatSampler):
 class ExactResume:
     """Mix into a GRPOTrainer subclass (before it in the bases) for an exact resume; see the module docstring.
 
-    Overrides ``_get_train_sampler`` (the same sampler, with ``set_epoch``), ``_save_checkpoint`` (writes the
-    buffer and the moving reference, then TRL's checkpoint), ``_load_optimizer_and_scheduler`` (TRL's and
-    transformers' resume hook: reads them back) and ``_load_from_checkpoint`` (the model's weights under their
-    saved names). An uninterrupted run trains exactly as without it.
+    Overrides ``_get_train_sampler`` (the same sampler, with ``set_epoch``), ``_run_epoch`` (calls it),
+    ``_save_checkpoint`` (writes the buffer and the moving reference, then TRL's checkpoint),
+    ``_load_optimizer_and_scheduler`` (TRL's and transformers' resume hook: reads them back) and
+    ``_load_from_checkpoint`` (the model's weights under their saved names). An uninterrupted run trains
+    exactly as without it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -99,9 +111,21 @@ class ExactResume:
             warnings.warn(f"save_steps ({a.save_steps}) is not a multiple of logging_steps ({a.logging_steps}): the first row "
                           "logged after a resume averages only the steps after the checkpoint", stacklevel=2)
 
+    _epoch_sampler: EpochSeededRepeatSampler | None = None
+
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)
-        return EpochSeededRepeatSampler.like(sampler) if type(sampler) is RepeatSampler else sampler
+        if type(sampler) is RepeatSampler:
+            sampler = self._epoch_sampler = EpochSeededRepeatSampler.like(sampler)
+        return sampler
+
+    def _run_epoch(self, *args, **kwargs):
+        # accelerate forwards set_epoch to a sampler at most two wrappers deep; under DDP the first epoch of a resumed
+        # run wraps it three deep (SkipBatchSampler, BatchSamplerShard, BatchSampler): set it where transformers names
+        # the epoch
+        if self._epoch_sampler is not None:
+            self._epoch_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         # written before TRL's and transformers' files, whose trainer_state.json comes last: a checkpoint that
@@ -133,8 +157,9 @@ class ExactResume:
             return
         buffer = Path(checkpoint) / BUFFER_FILE.format(process=self.accelerator.process_index)
         if buffer.exists():
-            state = torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
-            self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
+            # loaded on the CPU, then moved: torch.load cannot map to the "cpu:0" that accelerate names under CPU DDP
+            state = torch.load(buffer, map_location="cpu", weights_only=True)
+            self._step, self._buffered_inputs = state["step"], moved(state["buffered_inputs"], self.accelerator.device)
         elif (self.state.global_step * self.args.gradient_accumulation_steps) % (self.args.steps_per_generation * self.num_iterations):
             warnings.warn(f"{checkpoint} has no {buffer.name} and was saved inside a generation buffer: the resumed run "
                           "generates new completions where the original reused its buffer", stacklevel=2)
@@ -143,7 +168,7 @@ class ExactResume:
             if reference is not None and path.exists():
                 from safetensors.torch import load_model
 
-                load_model(reference, str(path), device=str(self.accelerator.device))
+                load_model(reference, str(path), device="cpu")  # then copied into the reference's own parameters
             elif reference is not None:
                 warnings.warn(f"{checkpoint} has no {REFERENCE_FILE}: the moving reference restarts from the base model", stacklevel=2)
 
