@@ -105,6 +105,13 @@ def test_epoch_seeded_sampler_orders_as_trls_and_by_epoch_alone():
     assert list(fresh) == stock_epochs[2] != stock_epochs[0]
 
 
+def test_a_checkpoint_inside_a_logging_interval_warns(model_path, tmp_path):
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4, num_generations=4,
+                      save_strategy="steps", save_steps=3, logging_steps=2)
+    with pytest.warns(UserWarning, match=r"save_steps \(3\) is not a multiple of logging_steps \(2\)"):
+        ResumableGRPO(model=str(model_path), reward_funcs=digit_count, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+
+
 def test_resume_mid_buffer_in_the_second_epoch_is_exact(model_path, tmp_path):
     # 4 prompts, 1 per step, steps_per_generation 2: steps 1-2, 3-4, 5-6, 7-8 share a generation; epoch 1 is steps 5-8.
     # The checkpoint after step 5 is in epoch 1 and inside a buffer.
