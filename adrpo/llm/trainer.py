@@ -157,7 +157,8 @@ class ADRPOTrainer(ExactResume, AudioGRPOTrainer):
         Why here: the policy's log-probs of the batch exist only inside TRL's ``_compute_loss``, and this is the
         call that makes them, with the batch's multimodal inputs bound. The cost is what measuring against the base
         on every training row needs at least: one frozen copy (the memory of one more reference, allocated only with
-        ``sync_ref_model``) and one no-grad forward per micro-batch, as TRL's own reference forward. The held-out
+        ``sync_ref_model``) and a no-grad forward of each micro-batch, the rows TRL's reference forward scores once
+        per generation (scored ``num_iterations`` times here when that is > 1). The held-out
         evaluations of the miniatures (:mod:`adrpo.tasks.arithmetic`, :mod:`adrpo.tasks.audio_qa`) already measure
         their ``kl`` against the base model loaded from its folder, never synced, but only every N steps."""
         out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
