@@ -103,6 +103,8 @@ class ExactResume:
     exactly as without it.
     """
 
+    _epoch_sampler: EpochSeededRepeatSampler | None = None  # the training sampler, once TRL has asked for it
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         a = self.args
@@ -110,8 +112,6 @@ class ExactResume:
                 and a.save_steps % a.logging_steps):
             warnings.warn(f"save_steps ({a.save_steps}) is not a multiple of logging_steps ({a.logging_steps}): the first row "
                           "logged after a resume averages only the steps after the checkpoint", stacklevel=2)
-
-    _epoch_sampler: EpochSeededRepeatSampler | None = None
 
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)
