@@ -138,7 +138,7 @@ def test_an_incomplete_run_is_resumed_not_restarted(tmp_path, digits_cache, monk
     monkeypatch.setattr(engine, "save_result", saved)
     steps: list[int] = []
     original_step = FlowTrainer.step
-    monkeypatch.setattr(FlowTrainer, "step", lambda self: steps.append(self.state.step) or original_step(self))
+    monkeypatch.setattr(FlowTrainer, "step", lambda self, **kw: steps.append(self.state.step) or original_step(self, **kw))
     (run,) = run_experiment(spec)["runs"]
     assert steps == []  # resumed at its final checkpoint: no step trained again
     assert [point["step"] for point in run["trajectory"]] == [0, 2]

@@ -189,7 +189,7 @@ def test_gradient_checkpointing_and_micro_batches_train_the_same_adapters(tiny_s
     adapters = []
     for options in ({}, {"gradient_checkpointing": True, "micro_batch_size": 3}):
         task = make_task(tiny_sd3)
-        config = FlowConfig(num_steps=1, prompts_per_step=2, group_size=2, sampling_steps=2, learning_rate=1e-2, output_dir=str(tmp_path),
+        config = FlowConfig(num_steps=1, prompts_per_step=2, group_size=2, sampling_steps=2, learning_rate=1e-2, output_dir=str(tmp_path / str(len(adapters))),
                             report_to=["none"], progress_bar=False, **LORA, **options)
         trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts)
         assert task.pipeline.transformer.gradient_checkpointing == bool(options)

@@ -103,3 +103,35 @@ def test_computing_w2_base_changes_no_weight_and_no_random_stream(tmp_path, mode
     assert all(torch.equal(value, expected[name]) for name, value in params_of(with_base.policy).items())
     assert torch.equal(with_base.state.generator.get_state(), without.state.generator.get_state())
     assert torch.equal(global_rng, plain_global_rng)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_base_samples_come_from_the_base_model_not_the_moved_reference(tmp_path, mode):
+    """The image grid's Base row is ``sample(use_base=True)``: under a moving reference the initial model's
+    samples, not those of the reference the run ended with."""
+    initial = tiny_model()
+    trainer = FlowTrainer(make_config(tmp_path, num_steps=4, **FOLLOWING, **MODES[mode]), copy.deepcopy(initial), target_reward, PROMPTS)
+    trainer.train()
+    x0 = torch.randn((4, 4), generator=torch.Generator().manual_seed(3))
+    prompts = PROMPTS[:4]
+    fixed = FlowTrainer(make_config(tmp_path / "fixed", num_steps=1, **MODES[mode]), copy.deepcopy(initial), target_reward, PROMPTS)
+    expected = fixed.sample(prompts, x0=x0, use_reference=True)  # the untouched base, sampled the same way
+    torch.testing.assert_close(trainer.sample(prompts, x0=x0, use_base=True), expected, rtol=0, atol=1e-6)
+    moved = trainer.sample(prompts, x0=x0, use_reference=True)
+    assert not torch.allclose(moved, expected)  # what the grid showed as "Base" before
+    assert torch.equal(fixed.sample(prompts, x0=x0, use_base=True), fixed.sample(prompts, x0=x0, use_reference=True))
+
+
+def test_the_held_out_evaluation_reports_w2_base_under_a_moving_reference(tmp_path, digits_task):
+    from adrpo.flow.config import FlowConfig
+
+    def trainer(**changes):
+        config = FlowConfig(method="adrpo", prompts_per_step=2, group_size=4, sampling_steps=2, num_steps=3, checkpoint_steps=0,
+                            report_to=["none"], progress_bar=False, output_dir=str(tmp_path / str(len(changes))), **changes)
+        return FlowTrainer(config, digits_task.base_model(), digits_task.reward, digits_task.train_prompts, diversity_fn=digits_task.embed)
+
+    moving = trainer(**FOLLOWING)
+    moving.train()
+    metrics = digits_task.evaluate(moving)
+    assert metrics["w2"] == 0.0 and metrics["w2_base"] > 0.0  # the reference is the policy: only the base shows the drift
+    assert "w2_base" not in digits_task.evaluate(trainer())

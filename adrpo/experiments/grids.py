@@ -4,7 +4,8 @@ Each flow run writes ``samples.pt`` in its directory (:func:`save_samples`)::
 
     {"prompts": [B held-out prompts],
      "images": uint8 (B, G, 3, H, W)        the final policy's samples,
-     "base_images": uint8 (B, G, 3, H, W)}  the base policy's (the frozen reference), same noise
+     "base_images": uint8 (B, G, 3, H, W)}  the base model's, same noise (with a moving reference
+                                            not the reference the run ended with: ``sample(use_base=True)``)
 
 drawn from the first G ≤ 4 noises of each prompt in the task's fixed evaluation noise, so every
 row of a grid differs only by the model.
@@ -57,8 +58,8 @@ def save_samples(trainer, task, directory: Path, *, per_prompt: int = PER_PROMPT
     chosen = [task.eval_prompts[i] for i in index.tolist()]
     x0 = task.eval_x0[index]
 
-    def images(use_reference: bool) -> torch.Tensor:
-        x1 = trainer.sample(chosen, x0=x0, num_steps=task.eval_sampling_steps, use_reference=use_reference)
+    def images(use_base: bool) -> torch.Tensor:
+        x1 = trainer.sample(chosen, x0=x0, num_steps=task.eval_sampling_steps, use_base=use_base)
         pixels = (task.images(x1).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # (B·G, 3, H, W)
         return pixels.view(len(prompts), keep, *pixels.shape[1:])  # (B, G, 3, H, W)
 

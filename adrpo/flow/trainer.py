@@ -216,10 +216,16 @@ class FlowTrainer:
         disabled (LoRA mode)."""
         if self.state.reference is None:
             return self.reference_velocity(x_t, t, cond)
+        net, context = self._base_network()
+        with context:
+            return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
+
+    def _base_network(self) -> tuple[nn.Module, AbstractContextManager]:
+        """The module that computes the base model with ``sync_ref_model`` on, and the block to call it in:
+        the frozen base copy (full fine-tuning), or the policy with its adapters disabled (LoRA mode)."""
         if self.base is not None:
-            return self.in_chunks(lambda s: self.base(x_t[s], t[s], cond[s]), len(x_t))
-        with adapters_disabled(self.policy):
-            return self.in_chunks(lambda s: self.policy(x_t[s], t[s], cond[s]), len(x_t))
+            return self.base, nullcontext()
+        return self.policy, adapters_disabled(self.policy)
 
     @torch.no_grad()
     def sample(
@@ -230,20 +236,28 @@ class FlowTrainer:
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         use_reference: bool = False,
+        use_base: bool = False,
     ) -> torch.Tensor:
-        """Samples x1 (N, *D) of the current policy (or the reference) for N prompts."""
+        """Samples x1 (N, *D) of the current policy, the (current) reference or the base model the run
+        started from for N prompts; the base is the reference unless the reference moves (``sync_ref_model``)."""
         cond = self.policy.encode_prompts(prompts)
         x0 = self._randn(len(prompts)) if x0 is None else x0.to(self.device)
-        return self._sample(cond, x0, num_steps=num_steps, guidance_scale=guidance_scale, use_reference=use_reference)
+        return self._sample(cond, x0, num_steps=num_steps, guidance_scale=guidance_scale, use_reference=use_reference,
+                            use_base=use_base)
 
     def _sample(
         self, cond: torch.Tensor, x0: torch.Tensor, *, num_steps: int | None = None,
-        guidance_scale: float | None = None, use_reference: bool = False,
+        guidance_scale: float | None = None, use_reference: bool = False, use_base: bool = False,
     ) -> torch.Tensor:
         model = self.policy
         was_training = model.training
         set_training(model, False)
-        net = self.reference if use_reference and self.reference is not None else model
+        if use_base and self.state.reference is not None:
+            net, context = self._base_network()
+        elif use_reference or use_base:
+            net, context = self.reference if self.reference is not None else model, self.reference_context()
+        else:
+            net, context = model, nullcontext()
         num_steps = num_steps or self.config.sampling_steps
         settings = dict(
             num_steps=num_steps,
@@ -251,7 +265,7 @@ class FlowTrainer:
             grid=self.time_grid(num_steps),
         )
         try:
-            with self.reference_context() if use_reference else nullcontext():
+            with context:
                 return self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
         finally:  # a sampling error must not leave the policy in evaluation mode
             set_training(model, was_training)

@@ -42,7 +42,8 @@ def evaluate_flow_policy(
     Returns:
         {"reward": mean reward, "diversity": mean over prompts of the mean pairwise embedding
         distance, "w2": mean ‖v_θ − v_ref‖² over x_t on straight paths from ``noise`` to the
-        policy's own samples}, and the (N, *D) samples.
+        policy's own samples, and with a moving reference (``sync_ref_model``) "w2_base": the same
+        to the base model at the same x_t}, and the (N, *D) samples.
     """
     x1 = trainer.sample(prompts, x0=x0, num_steps=num_steps)
     n, device = len(x1), x1.device
@@ -57,4 +58,6 @@ def evaluate_flow_policy(
         "diversity": grouped_diversity(embeddings, group_size=group).mean().item(),
         "w2": squared_error(v, trainer.reference_velocity(x_t, t, cond)).mean().item(),
     }
+    if trainer.config.sync_ref_model:  # w2 is to the moving reference: the drift from the base too
+        metrics["w2_base"] = squared_error(v, trainer.base_velocity(x_t, t, cond)).mean().item()
     return metrics, x1
