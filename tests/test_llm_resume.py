@@ -165,3 +165,16 @@ def test_resume_loads_weights_saved_under_their_original_names(tmp_path):
     assert not bitwise_equal(weights(trainer), trained.state_dict())
     trainer._load_from_checkpoint(str(tmp_path / "checkpoint"))
     assert bitwise_equal(weights(trainer), trained.state_dict())
+
+
+def test_resume_takes_the_newest_checkpoint_whose_save_finished(tmp_path):
+    from adrpo.llm.resume import newest_complete_checkpoint
+
+    for step, complete in ((2, True), (10, True), (12, False)):  # checkpoint-12: killed while saving
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-final").mkdir()
+    assert newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # by number, not by name (10 > 2)
+    assert newest_complete_checkpoint(tmp_path / "nothing-here") is None

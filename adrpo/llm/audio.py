@@ -60,6 +60,7 @@ import torch
 from trl import GRPOTrainer
 
 from adrpo.errors import ConfigError
+from adrpo.llm.resume import ExactResume
 
 AUDIO_COLUMN = "audio"
 FEATURE_KEYS = ("input_features", "feature_attention_mask")
@@ -437,11 +438,12 @@ class _WithAudio:
         return self.model(**inputs, **self.features)
 
 
-class AudioGRPOTrainer(GRPOTrainer):
+class AudioGRPOTrainer(ExactResume, GRPOTrainer):
     """GRPOTrainer that also trains audio-language models on rows with an ``audio`` column.
 
     Takes exactly GRPOTrainer's arguments; the processor (``processing_class``, by default the
-    model's ``AutoProcessor``) must have a ``feature_extractor``. See the module docstring.
+    model's ``AutoProcessor``) must have a ``feature_extractor``. See the module docstring. Also
+    :class:`adrpo.llm.resume.ExactResume`, so a run of fixed-β GRPO (``trainer: grpo``) resumes exactly too.
     """
 
     _audio_inputs: dict[str, torch.Tensor] | None = None  # the features of the rows being scored

@@ -53,6 +53,15 @@ BUFFER_FILE = "generation_buffer-{process}.pt"
 REFERENCE_FILE = "moving_reference.safetensors"
 
 
+def newest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` of ``output_dir`` that holds its ``trainer_state.json`` (transformers writes it
+    last, so a save killed half-way leaves a folder without it, which transformers' own ``get_last_checkpoint``
+    would pick by its number and fail to load); None when there is none."""
+    folders = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.name.rsplit("-", 1)[1].isdigit()]
+    complete = [path for path in folders if (path / "trainer_state.json").is_file()]
+    return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+
+
 def saved_weight_names(checkpoint: Path) -> set[str] | None:
     """The tensor names of a ``save_pretrained`` folder's safetensors (one file or an index); None without them."""
     from safetensors import safe_open

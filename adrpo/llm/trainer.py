@@ -31,7 +31,6 @@ import torch
 
 from adrpo.core.coefficient import adaptive_coefficient
 from adrpo.llm.audio import AudioGRPOTrainer
-from adrpo.llm.resume import ExactResume
 
 
 class PerSampleBeta(float):
@@ -98,12 +97,12 @@ _PRODUCTS = frozenset({
 })
 
 
-class ADRPOTrainer(ExactResume, AudioGRPOTrainer):
+class ADRPOTrainer(AudioGRPOTrainer):
     """GRPOTrainer whose KL coefficient is β0 − clip(adv_coef_scale·A) per completion.
 
     Takes exactly GRPOTrainer's arguments, with ``args`` an :class:`adrpo.llm.config.ADRPOConfig`. Derives from
-    :class:`adrpo.llm.audio.AudioGRPOTrainer` (stock TRL on text and image batches), so audio rows train too, and
-    from :class:`adrpo.llm.resume.ExactResume`, so a resumed run continues exactly.
+    :class:`adrpo.llm.audio.AudioGRPOTrainer` (stock TRL on text and image batches), so audio rows train too and a
+    resumed run continues exactly (:class:`adrpo.llm.resume.ExactResume`).
     Logs ``adrpo/coef_mean``, ``adrpo/coef_min``, ``adrpo/coef_max``, ``adrpo/frac_clipped`` and
     ``adrpo/frac_negative`` beside TRL's ``kl`` and ``entropy``: min and max over every completion
     of the logging interval on every process, the others means over them. With ``sync_ref_model`` also
