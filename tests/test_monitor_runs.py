@@ -153,6 +153,11 @@ def test_flow_config_validates_the_monitor_fields(tmp_path):
         FlowConfig.from_dict({"monitor_thresholds": [1.0]})
     config = FlowConfig.from_dict({"monitor": "stop", "monitor_thresholds": {"kl_max": None, "w2_max": "1e-1"}})
     assert config.monitor == "stop" and Thresholds.from_dict(config.monitor_thresholds).w2_max == 0.1
+    # `trainer: {monitor: off}` as YAML reads it (false), and true, are the policies they spell
+    from adrpo.cli import parse_yaml
+
+    assert FlowConfig.from_dict(parse_yaml("monitor: off")).monitor == "off"
+    assert FlowConfig.from_dict({"monitor": True}).monitor == "warn"
     assert FlowConfig().monitor == "warn"  # every run is monitored unless switched off
 
 

@@ -16,7 +16,7 @@ from adrpo.core.advantages import BASELINES, SCALINGS
 from adrpo.core.monitor import POLICIES as MONITOR_POLICIES
 from adrpo.core.monitor import Thresholds
 from adrpo.errors import ConfigError
-from adrpo.settings import from_mapping
+from adrpo.settings import from_mapping, monitor_policy
 
 METHODS = ("adrpo", "orw_cfm_w2", "raft", "flow_dpo")
 
@@ -47,6 +47,9 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             return list(value)
     elif kind == "bool":
         if isinstance(value, bool):
+            return value
+    elif kind == "str | bool":  # a policy name, or the YAML boolean an unquoted off / on reads as
+        if isinstance(value, (str, bool)):
             return value
     elif kind in ("int", "float"):
         if isinstance(value, bool):
@@ -140,10 +143,10 @@ class FlowConfig:
     keep_checkpoints: int = _help("Complete checkpoints kept on disk.", 2)
     report_to: list[str] = _help("Trackers: 'tensorboard', 'wandb', or 'none'.", ["tensorboard"])
     progress_bar: bool = _help("Show a tqdm progress bar.", True)
-    monitor: str = _help(
+    monitor: str | bool = _help(
         f"Training-collapse monitor (adrpo.core.monitor), one of {MONITOR_POLICIES}: 'warn' logs each alarm and records it "
         "in output_dir/alarms.jsonl; 'stop' also saves a checkpoint and ends the run at the first alarm (--resume "
-        "continues); 'off' builds no monitor.", "warn")
+        "continues); 'off' builds no monitor (YAML's unquoted off is False: off; true: warn).", "warn")
     monitor_thresholds: dict[str, float] = _help(
         "Overrides of adrpo.core.monitor.Thresholds, e.g. {diversity_fraction: 0.4, kl_max: null}; null switches a rule off.", {})
 
@@ -192,8 +195,7 @@ class FlowConfig:
         if self.ref_model_sync_steps < 1:
             raise ConfigError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}")
         # Collapse monitor
-        if self.monitor not in MONITOR_POLICIES:
-            raise ConfigError(f"monitor must be one of {MONITOR_POLICIES}, got {self.monitor!r}")
+        self.monitor = monitor_policy(self.monitor)  # `monitor: off` in YAML is False
         try:
             Thresholds.from_dict(self.monitor_thresholds)
         except ConfigError as err:
