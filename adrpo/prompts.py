@@ -20,7 +20,7 @@ and audio into conversational prompts only. Images are decoded by ``datasets.Ima
 read. Audio is not decoded here: paths stay paths, and hub ``Audio`` columns are cast to
 ``Audio(decode=False)`` (each row ``{"bytes", "path"}``), since datasets' own decoding needs
 torchcodec; the trainer reads both with soundfile and resamples them to the model's rate
-(:func:`adrpo.llm.audio.load_clip`).
+(:func:`adrpo.data.audio_clips.load_clip`).
 
 Every row's media are checked once, here, before training: image paths must name files that open
 (hub images are left to datasets); audio (paths and hub values) must exist, be readable and hold one
@@ -232,7 +232,7 @@ def _media_problem(column: str, value: Any) -> str | None:
     if column == "audio":
         if value is None:
             return "no audio"
-        from adrpo.llm.audio import audio_problem
+        from adrpo.data.audio_clips import audio_problem
 
         return audio_problem(value)
     if not isinstance(value, str):

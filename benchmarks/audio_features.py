@@ -5,7 +5,7 @@ padded to) and a batch of B·G clips in which each of B distinct clips (5 to 30 
 appears G times in a row, as TRL repeats a prompt for its G completions, each copy a separate array as the
 dataloader hands them out:
 
-- ``once``: :func:`adrpo.llm.audio.share_repeated_clips` on the copies, then the extractor wrapped as
+- ``once``: :func:`adrpo.llm.audio_features.share_repeated_clips` on the copies, then the extractor wrapped as
   ``AudioGRPOTrainer`` wraps it (``OncePerClip``): B clips extracted, their rows repeated;
 - ``every``: the extractor on all B·G copies, as before.
 
@@ -25,7 +25,7 @@ import torch
 from _common import git_commit, machine, timed_calls
 from transformers import WhisperFeatureExtractor
 
-from adrpo.llm.audio import OncePerClip, share_repeated_clips
+from adrpo.llm.audio_features import OncePerClip, share_repeated_clips
 
 RATE = 16000
 SETTINGS = dict(sampling_rate=RATE, return_attention_mask=True, padding="max_length", return_tensors="pt")

@@ -22,9 +22,11 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from adrpo.data.audio_clips import load_clip
 from adrpo.errors import ConfigError
 from adrpo.llm import audio
-from adrpo.llm.audio import AudioGRPOTrainer, load_clip, readable_audio, share_repeated_clips, with_audio_part
+from adrpo.llm.audio import AudioGRPOTrainer, readable_audio, with_audio_part
+from adrpo.llm.audio_features import OncePerClip, share_repeated_clips
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
 from adrpo.llm.tiny_audio import CHAT_TEMPLATE, audio_tokens, tiny_audio_lm, tiny_audio_processor
@@ -277,13 +279,13 @@ def test_once_per_clip_extractor_repeats_rows_exactly(models, tensors):
     extractor = models["qwen2_audio"][1].feature_extractor
     a, b = clip(0), clip(2)
     kwargs = dict(sampling_rate=RATE, return_attention_mask=True, padding="max_length", return_tensors=tensors)
-    once = audio.OncePerClip(extractor)([a, a, b, a], **kwargs)
+    once = OncePerClip(extractor)([a, a, b, a], **kwargs)
     every = extractor([a, a.copy(), b, a.copy()], **kwargs)
     assert once.keys() == every.keys()
     for key in every:
         assert type(once[key]) is type(every[key]), key
         assert np.array_equal(np.asarray(once[key]), np.asarray(every[key])), key
-    assert audio.OncePerClip(extractor).sampling_rate == extractor.sampling_rate
+    assert OncePerClip(extractor).sampling_rate == extractor.sampling_rate
 
 
 def direct_logps(model, ids, mask, features, keep):

@@ -20,8 +20,9 @@ from datasets import Audio, Dataset
 from test_media_datasets import CHARS, assert_first_step, grpo_train
 from trl import GRPOConfig
 
+from adrpo.data.audio_clips import load_clip
 from adrpo.errors import ConfigError
-from adrpo.llm.audio import AudioGRPOTrainer, load_clip
+from adrpo.llm.audio import AudioGRPOTrainer
 from adrpo.llm.tiny import save_model_and_tokenizer
 from adrpo.llm.tiny_audio import tiny_audio_lm, tiny_audio_processor
 from adrpo.prompts import load_prompt_dataset

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from test_media_datasets import CHARS, grpo_train, write_jsonl
 
+from adrpo.data.audio_clips import load_clip
 from adrpo.data.mmau import load_avqa
 from adrpo.data.synthetic_audio import write_benchmark
 from adrpo.errors import ConfigError
-from adrpo.llm.audio import load_clip
 from adrpo.llm.tiny import save_model_and_tokenizer
 from adrpo.llm.tiny_audio import tiny_audio_lm, tiny_audio_processor
 from adrpo.prompts import SPEC_KEYS, load_prompt_dataset

@@ -104,7 +104,7 @@ def encode_prompts(processor, rows: list[dict[str, Any]]) -> tuple[list[list[int
     """Prompt token ids per row (audio tokens expanded) and the (N, M, F) features with their (N, F) mask.
 
     A row given several times (the evaluation's G samples of each) has its clip extracted once."""
-    from adrpo.llm.audio import extracting_each_clip_once
+    from adrpo.llm.audio_features import extracting_each_clip_once
 
     with extracting_each_clip_once(processor):
         out = processor.apply_chat_template([conversation(row) for row in rows], add_generation_prompt=True, tokenize=True,
