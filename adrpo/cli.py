@@ -2,7 +2,7 @@
 
     adrpo fm compare --preset digits-quick           # methods × seeds, table + plot + JSON (finished runs are skipped)
     adrpo fm compare --config my.yaml --set trainer.num_steps=50 --seeds 0
-    adrpo fm train --config adrpo/configs/digits-train.yaml [--resume]
+    adrpo fm train --config adrpo/configs/digits-train.yaml [--resume | --overwrite]
     adrpo fm make-tiny-sd3 runs/tiny-sd3 && adrpo fm train --preset sd3-tiny   # SD3 path on a CPU
     adrpo fm make-tiny-flux runs/tiny-flux && adrpo fm train --preset flux-tiny  # FLUX path on a CPU
     adrpo fm export --preset flux-tiny --checkpoint runs/flux-tiny/checkpoints/step-00000002 --output lora-step2
