@@ -90,3 +90,17 @@ def test_moving_reference_runs_with_w2_base_are_placed_by_it():
     moving = records(divergence)["ADRPO moving", "w2"]
     assert moving.delta_mean == pytest.approx(0.05) and moving.verdict == "beyond"
     assert any("placed by their w2 to the base model" in note for note in divergence.notes)
+
+
+def test_a_flow_table_with_a_moving_reference_run_gains_a_w2_to_base_column(tmp_path):
+    results = sweep_results()
+    assert "W2 to base" not in write_report(results, tmp_path / "fixed")["table"].read_text()  # no moving reference: no column
+    for seed in SEEDS:
+        results["runs"].append(run("ADRPO moving", "ADRPO moving", "adaptive", seed,
+                                   {"reward": 0.7, "diversity": 1.9, "w2": 0.001, "w2_base": 0.15}, config={"sync_ref_model": True}))
+    lines = write_report(results, tmp_path / "moving")["table"].read_text().splitlines()
+    assert lines[0] == "| Method | Reward ↑ | Diversity ↑ | W2 to ref. ↓ | W2 to base ↓ | First alarm |"
+    table = lines[:lines.index("")]  # the Table 1 layout, before the notes and verdicts
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table[2:]}
+    assert [cell.strip("*") for cell in rows["ADRPO moving"][3:5]] == ["0.001 ± 0.000", "0.150 ± 0.000"]  # to its moving reference, to the base
+    assert [cell.strip("*") for cell in rows["ORW (a=1)"][3:5]] == ["0.100 ± 0.000", "0.100 ± 0.000"]  # a fixed reference is the base

@@ -28,13 +28,28 @@ from adrpo.experiments.spec import TASK_KINDS
 # (key, column title, higher is better; None: no better direction, not ranked)
 Metric = tuple[str, str, "bool | None"]
 METRICS: tuple[Metric, ...] = (("reward", "Reward ↑", True), ("diversity", "Diversity ↑", True), ("w2", "W2 to ref. ↓", False))
+W2_BASE: Metric = ("w2_base", "W2 to base ↓", False)
+"""A column of flow tables with a moving-reference run: its W2 to the base model (``w2_base``); a fixed-reference
+run's W2 is to the base already, so its ``w2`` fills the cell."""
+FALLBACK = {"w2_base": "w2"}
 LLM_METRICS: tuple[Metric, ...] = (
     ("reward", "Accuracy ↑", True), ("kl", "KL to ref. ↓", False), ("entropy", "Entropy", None), ("diversity", "Distinct ↑", True),
 )
 
 
+def flow_metrics(results: dict[str, Any]) -> tuple[Metric, ...]:
+    """The flow table's columns: :data:`METRICS`, and :data:`W2_BASE` when a run's evaluations log ``w2_base``."""
+    moving = any("w2_base" in row for run in results["runs"] for row in run.get("trajectory") or [])
+    return (*METRICS, W2_BASE) if moving else METRICS
+
+
+def _value(row: dict[str, Any], key: str) -> float:
+    return row[key] if key in row or key not in FALLBACK else row[FALLBACK[key]]
+
+
 def final_metrics(results: dict[str, Any], metrics: Sequence[Metric] = METRICS) -> dict[str, dict[str, list[float]]]:
-    """{label: {metric: [value per seed]}} at the last evaluation; the base row is step 0."""
+    """{label: {metric: [value per seed]}} at the last evaluation; the base row is step 0. A metric a row lacks
+    is read from its :data:`FALLBACK` (``w2_base`` from ``w2`` for a run whose reference did not move)."""
     table: dict[str, dict[str, list[float]]] = {BASE_LABEL: {key: [] for key, _, _ in metrics}}
     base_seeds: set[int] = set()
     for run in results["runs"]:
@@ -42,10 +57,10 @@ def final_metrics(results: dict[str, Any], metrics: Sequence[Metric] = METRICS) 
         if first["step"] == 0 and run["seed"] not in base_seeds:
             base_seeds.add(run["seed"])
             for key, _, _ in metrics:
-                table[BASE_LABEL][key].append(first[key])
+                table[BASE_LABEL][key].append(_value(first, key))
         row = table.setdefault(run["label"], {key: [] for key, _, _ in metrics})
         for key, _, _ in metrics:
-            row[key].append(last[key])
+            row[key].append(_value(last, key))
     return table
 
 
@@ -243,7 +258,7 @@ def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     kind = TASK_KINDS[results["spec"]["task"]]
     llm = kind == "llm"
-    metrics = LLM_METRICS if llm else METRICS
+    metrics = LLM_METRICS if llm else flow_metrics(results)
     table = final_metrics(results, metrics)
     paths = {"table": output_dir / "table.md", "json": output_dir / "results.json",
              "plot": output_dir / ("trajectories.png" if llm else "tradeoff.png")}
