@@ -229,12 +229,11 @@ def test_the_monitor_setting_is_part_of_an_llm_runs_identity():
     assert warn == hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_collapse_monitor_messages_go_through_the_runs_bar(tmp_path, digits_cache, capsys, workers):
+def test_collapse_monitor_messages_go_through_the_runs_bar(tmp_path, digits_cache, capsys):
     """A run's alarm is written through tqdm (on its own line, prefixed by the run), not into the middle of
-    the bar; with workers, from the worker process through a queue."""
+    the bar (from worker processes, through a queue: tests/test_sweep_interrupt.py)."""
     trainer = {**TRAINER, "logging_steps": 1, "monitor_thresholds": {"w2_max": 1e-12}}  # every logged W2 alarms
-    spec = digits_spec(tmp_path, digits_cache, trainer=trainer, workers=workers)
+    spec = digits_spec(tmp_path, digits_cache, trainer=trainer)
     run_experiment(spec)
     lines = capsys.readouterr().err.splitlines()
     for label in ("ADRPO", "ORW (orw_alpha=0.1)", "ORW (orw_alpha=1)"):

@@ -1,12 +1,14 @@
 """Ctrl-C on `adrpo sweep` with 2 workers, then the same command again: the interrupt stops the sweep at
 once with a message (exit 130, no traceback), finished runs are loaded and never trained again, the
 run that was stopped resumes from its checkpoint, and the report equals that of a sweep never
-interrupted. One subprocess sweep (~15 s here) and two in-process ones on the tiny digits models."""
+interrupted; the workers' collapse alarms reach the parent's stderr through its progress bar, prefixed by
+their runs. One subprocess sweep (~15 s here) and two in-process ones on the tiny digits models."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +28,8 @@ def sweep_yaml(tmp_path: Path, cache: Path, name: str) -> Path:
         "task": "digits",
         "task_args": {"settings": dict(TINY_SETTINGS), "cache": str(cache), "eval_samples": 2, "eval_sampling_steps": 2},
         "trainer": {"num_steps": 100, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 2, "learning_rate": 1e-3,
-                    "checkpoint_steps": 20, "logging_steps": 10, "report_to": ["none"], "progress_bar": False},
+                    "checkpoint_steps": 20, "logging_steps": 10, "report_to": ["none"], "progress_bar": False,
+                    "monitor_thresholds": {"w2_max": 1e-12}},  # every run alarms at its first logged row
         "eval": {"steps": 50}, "seeds": [0], "workers": 2, "output_dir": str(tmp_path / name),
         "methods": [{"label": "ADRPO", "method": "adrpo", "grid": {"beta0": [0.5, 1.0]}},
                     {"label": "ORW", "method": "orw_cfm_w2", "grid": {"orw_alpha": [0.3, 1.0, 3.0]}}],
@@ -67,6 +70,9 @@ def test_ctrl_c_stops_a_sweep_at_once_and_the_same_command_resumes_it_exactly(tm
     assert time.monotonic() - interrupted_at < 10  # at once, not after the queued runs trained
     assert sweep.returncode == 130, err
     assert "interrupted:" in err and "Run the same command again to resume" in err and "Traceback" not in err
+    # the workers' alarms came through the parent's bar, each on its own line and prefixed by its run
+    alarms = [line for line in err.splitlines() if "collapse monitor: w2_bound" in line]
+    assert alarms and all(re.match(r"\s*(ADRPO|ORW) \(\w+=[\d.]+\) seed 0: collapse monitor", line) for line in alarms), alarms
     before = {d: (d / "result.json").stat().st_mtime_ns for d in run_dirs(out) if (d / "result.json").exists()}
     assert 1 <= len(before) < 5
 
