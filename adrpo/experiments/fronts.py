@@ -48,7 +48,8 @@ from adrpo.core.significance import BEYOND, LEVEL
 
 BASE_LABEL = "Base"
 DIVERGENCE = {"flow": "w2", "llm": "kl"}
-AXIS_TITLES = {"reward": "reward ↑", "diversity": "diversity ↑", "w2": "W2 to ref. ↓", "kl": "KL to ref. ↓"}
+# The LLM evaluations score against their own copy of the base model, never synced: their kl is to the base.
+AXIS_TITLES = {"reward": "reward ↑", "diversity": "diversity ↑", "w2": "W2 to ref. ↓", "kl": "KL to base ↓"}
 ALARMED = " (alarmed)"
 RULE = (
     "Paired by seed: seed s's front is the union of every baseline (fixed-coefficient) configuration's final point "

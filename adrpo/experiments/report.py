@@ -33,7 +33,7 @@ W2_BASE: Metric = ("w2_base", "W2 to base ↓", False)
 run's W2 is to the base already, so its ``w2`` fills the cell."""
 FALLBACK = {"w2_base": "w2"}
 LLM_METRICS: tuple[Metric, ...] = (
-    ("reward", "Accuracy ↑", True), ("kl", "KL to ref. ↓", False), ("entropy", "Entropy", None), ("diversity", "Distinct ↑", True),
+    ("reward", "Accuracy ↑", True), ("kl", "KL to base ↓", False), ("entropy", "Entropy", None), ("diversity", "Distinct ↑", True),
 )
 
 
