@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/lock.txt
 EXTRAS := .[flow,llm,audio,embed,sd3,dev]
 
-.PHONY: install lock demo test full ablation sweep llm-demo llm-sweep audio-demo smollm2-demo sd3-tiny flux-tiny bench clean
+.PHONY: install lock demo test full ablation sweep llm-demo llm-sweep audio-demo smollm2-demo sd3-tiny flux-tiny bench gpu-check clean
 
 install: $(STAMP)
 
@@ -74,6 +74,10 @@ bench: install
 	$(PY) benchmarks/audio_features.py
 	$(PY) benchmarks/lora_memory.py
 	$(PY) benchmarks/lora_memory.py --model flux
+
+# The first check on a CUDA device (real-size SD3-medium, FLUX.1-dev and Qwen2.5-7B shapes, random weights); without one it says so.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 test: install
 	$(VENV)/bin/ruff check adrpo tests benchmarks
