@@ -485,20 +485,23 @@ def test_gradient_checkpointing_needs_a_diffusers_model(tmp_path):
         FlowTrainer(make_config(tmp_path, gradient_checkpointing=True), tiny_model(), target_reward, PROMPTS)
 
 
-@pytest.mark.parametrize("engine", ["fsdp", "zero3"])
-def test_parameter_sharding_engines_are_refused_by_name(engine):
+@pytest.mark.parametrize("engine", ["fsdp1", "zero3"])
+def test_engines_it_does_not_run_on_are_refused_by_field(engine):
     from types import SimpleNamespace
 
     from accelerate import DistributedType
 
-    from adrpo.flow.engine import check_whole_parameters
+    from adrpo.flow.engine import check_engine
 
-    if engine == "fsdp":
-        accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(deepspeed_plugin=None))
+    if engine == "fsdp1":
+        accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False, state=SimpleNamespace(deepspeed_plugin=None))
     else:
-        accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
-    with pytest.raises(ValueError, match="does not support FSDP" if engine == "fsdp" else "does not support DeepSpeed ZeRO-3"):
-        check_whole_parameters(accelerator)
+        accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False,
+                                      state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    with pytest.raises(ValueError, match="fsdp_version: 1" if engine == "fsdp1" else "zero_stage: 3"):
+        check_engine(accelerator)
+    if engine == "fsdp1":  # FSDP2 is let through
+        check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True, state=SimpleNamespace(deepspeed_plugin=None)))
 
 
 def test_lora_checkpoints_hold_only_the_adapters_and_refuse_other_lora_settings(tmp_path):

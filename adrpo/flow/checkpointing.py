@@ -1,4 +1,4 @@
-"""Crash-safe run files: the trainer state accelerate checkpoints, adapter-only model files
+"""Crash-safe run files: adapter-only model files
 in LoRA mode, checkpoint directories that appear whole or not at all, and a metrics JSONL
 that a resumed run continues without duplicate or lost lines.
 
@@ -18,7 +18,6 @@ import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -27,64 +26,6 @@ from adrpo.errors import ConfigError
 CHECKPOINT_PREFIX = "step-"
 MANIFEST_NAME = "manifest.json"
 BROKEN_PREFIX = "broken-"
-
-
-class TrainerState:
-    """What the trainer must remember across a restart (accelerate checkpoints it).
-
-    The random generator and the prompt order are per process; before a save the trainer
-    gathers every process's into ``gathered`` so that each one resumes its own stream.
-    ``reference`` holds the weights a moving reference (``sync_ref_model``) has moved: in full
-    fine-tuning the reference copy's own trainable parameters, in LoRA mode the reference
-    adapters. Loading copies into those tensors in place, so the reference module sees them.
-    """
-
-    def __init__(self, num_prompts: int, generator: torch.Generator, process_index: int):
-        self.step = 0
-        self.generator = generator
-        self.process_index = process_index
-        self.order = self.permutation(num_prompts)
-        self.cursor = 0
-        self.snapshot: dict[str, torch.Tensor] | None = None
-        self.reference: dict[str, torch.Tensor] | None = None
-        self.gathered: list[dict[str, Any]] = []
-
-    def permutation(self, n: int) -> list[int]:
-        """A fresh random order of n prompts (a Python list: no device sync per prompt)."""
-        return torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
-
-    def local_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": list(self.order), "cursor": self.cursor}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "snapshot": self.snapshot, "reference": self.reference,
-                "processes": self.gathered or [self.local_state()]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.generator.device
-        mine = state["processes"][self.process_index]
-        self.step = state["step"]
-        self.generator.set_state(mine["generator"])
-        self.order = list(mine["order"])
-        self.cursor = mine["cursor"]
-        if state["snapshot"] is not None:
-            self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
-        self._load_reference(state.get("reference"))  # absent from checkpoints of before sync_ref_model
-
-    def _load_reference(self, saved: dict[str, torch.Tensor] | None) -> None:
-        if (saved is None) != (self.reference is None):
-            held = "holds no" if saved is None else "holds a"
-            raise ValueError(f"the trainer state {held} moving reference but this run has sync_ref_model="
-                             f"{self.reference is not None}; resume with the sync_ref_model it was saved with")
-        if saved is None:
-            return
-        if saved.keys() != self.reference.keys():
-            missing, unexpected = sorted(self.reference.keys() - saved.keys()), sorted(saved.keys() - self.reference.keys())
-            raise ValueError(f"the saved moving reference does not match the trainable weights (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
-        with torch.no_grad():
-            for name, value in saved.items():
-                self.reference[name].copy_(value)
 
 
 def save_only_trainable(accelerator, model: torch.nn.Module) -> None:

@@ -1,5 +1,5 @@
 """What the flow trainer asks of the engines under it: the Accelerator for the launch
-environment, an engine that keeps whole parameters on every process, the DeepSpeed settings
+environment, the engines it runs on (DDP, DeepSpeed ZeRO-1/2, FSDP2), the DeepSpeed settings
 that cannot be inferred without a dataloader, activation checkpointing in a diffusers
 transformer, and the calls an optimizer step is made of.
 """
@@ -19,17 +19,21 @@ from torch import nn
 
 from adrpo.errors import ConfigError
 from adrpo.flow.config import FlowConfig
+from adrpo.flow.sharding import cpu_fsdp_requested, shard_on_cpu
 
 
 def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
     """The Accelerator of ``accelerate launch``'s environment; CPU-only without CUDA, except
-    that DeepSpeed runs on the CPU over gloo (as the tests do) when the launch asks for it."""
+    that DeepSpeed and FSDP2 run on the CPU over gloo (as the tests do) when the launch asks for them."""
     cuda = torch.cuda.is_available()
     cpu_deepspeed = not cuda and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not cuda and not cpu_deepspeed, log_with=trackers or None, project_dir=str(output_dir),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
     )
+    if cpu_fsdp_requested():
+        shard_on_cpu(accelerator)
+    return accelerator
 
 
 def unwrap(accelerator: Accelerator, model: nn.Module) -> nn.Module:
@@ -43,14 +47,17 @@ def unwrap(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     return model
 
 
-def check_whole_parameters(accelerator: Accelerator) -> None:
-    """Refuse FSDP and ZeRO-3: the trainer samples and computes the reference with the
-    unwrapped module, which needs every parameter whole on every process."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError("the flow trainer does not support FSDP (it samples with the unwrapped module); use DDP or DeepSpeed ZeRO-1/2")
+def check_engine(accelerator: Accelerator) -> None:
+    """Refuse the engines the trainer does not run on: FSDP1 (``fsdp_version: 1`` wraps the module
+    in a class whose flat parameters the snapshot and reference swaps cannot address; FSDP2 shards
+    in place, :mod:`adrpo.flow.sharding`) and DeepSpeed ZeRO-3 (not yet: its partitioned
+    parameters are empty outside the engine's gather hooks, which the swaps would have to enter)."""
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError("fsdp_version: 1: the flow trainer runs on FSDP2; set fsdp_version: 2 in the accelerate config")
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.zero_stage == 3:
-        raise ConfigError("the flow trainer does not support DeepSpeed ZeRO-3 (it samples with the unwrapped module); use zero_stage 1 or 2")
+        raise ConfigError("zero_stage: 3: the flow trainer does not run on DeepSpeed ZeRO-3 yet; shard parameters with "
+                          "FSDP2 (adrpo/configs/accelerate/fsdp2.yaml) or use zero_stage 1 or 2")
 
 
 def check_trainable_precision(params: list[nn.Parameter], accelerator: Accelerator, *, lora_rank: int) -> None:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def moving_weights(trainable: Mapping[str, nn.Parameter], reference: nn.Module | None) -> dict[str, torch.Tensor]:
@@ -42,10 +43,18 @@ def mix_(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
         value.mul_(1.0 - alpha).add_(source[name], alpha=alpha)
 
 
+@torch.no_grad()
 def swap(params: Mapping[str, nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
-    """Exchange each parameter's data with ``weights[name]`` (pointers only, no copy)."""
+    """Exchange each parameter's values with ``weights[name]``: pointers for plain tensors (no copy);
+    for FSDP2's sharded parameters (DTensors) an in-place copy of the local rows through a temporary,
+    since FSDP2 gathers from the storage it sharded, which a pointer swap would leave behind."""
     for name, param in params.items():
-        param.data, weights[name] = weights[name], param.data
+        if isinstance(param, DTensor):
+            held = param.detach().clone()
+            param.copy_(weights[name])
+            weights[name].copy_(held)
+        else:
+            param.data, weights[name] = weights[name], param.data
 
 
 @contextmanager

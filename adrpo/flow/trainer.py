@@ -49,8 +49,8 @@ from adrpo.flow.callbacks import FlowCallback, with_default_monitor
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.engine import (
     adamw,
+    check_engine,
     check_trainable_precision,
-    check_whole_parameters,
     configure_deepspeed,
     default_accelerator,
     enable_gradient_checkpointing,
@@ -62,6 +62,8 @@ from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.reference import mix_, moving_weights, swapped
 from adrpo.flow.sampler import sample_euler, set_training
+from adrpo.flow.sharding import resharded, shard_frozen, whole
+from adrpo.flow.state import TrainerState
 from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 __all__ = ["Embedder", "Evaluator", "FlowTrainer", "set_training"]
@@ -123,7 +125,7 @@ class FlowTrainer:
         self.output_dir = Path(config.output_dir)
         trackers = [name for name in config.report_to if name != "none"]
         self.accelerator = accelerator or default_accelerator(trackers, self.output_dir)
-        check_whole_parameters(self.accelerator)
+        check_engine(self.accelerator)
         set_seed(config.seed)
         model.requires_grad_(True)
         if config.gradient_checkpointing:
@@ -142,12 +144,16 @@ class FlowTrainer:
         optimizer = adamw(params, config)
         configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.reference is not None:  # FSDP2: the frozen copies sharded as the policy is
+            self.reference = shard_frozen(self.accelerator, self.reference)
+        if self.base is not None:
+            self.base = shard_frozen(self.accelerator, self.base)
         self.calls = step_calls(self.accelerator, self.optimizer)
         self.policy = unwrap(self.accelerator, self.model)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         generator = torch.Generator(device=self.accelerator.device)
         generator.manual_seed(config.seed * 1_000_003 + self.accelerator.process_index)
-        self.state = checkpointing.TrainerState(len(self.train_prompts), generator, self.accelerator.process_index)
+        self.state = TrainerState(len(self.train_prompts), generator, self.accelerator.process_index)
         if config.sampler_refresh_every > 1:
             self.state.snapshot = {name: p.detach().clone() for name, p in self.trainable.items()}
         if config.sync_ref_model:
@@ -179,17 +185,6 @@ class FlowTrainer:
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn((n, *self.policy.data_shape), generator=self.state.generator, device=self.device)
 
-    def _next_prompts(self) -> list[str]:
-        """B prompts, walking a fresh random permutation each epoch."""
-        chosen = []
-        for _ in range(self.config.prompts_per_step):
-            if self.state.cursor == len(self.state.order):
-                self.state.order = self.state.permutation(len(self.train_prompts))
-                self.state.cursor = 0
-            chosen.append(self.train_prompts[self.state.order[self.state.cursor]])
-            self.state.cursor += 1
-        return chosen
-
     def _sampling_weights(self) -> AbstractContextManager:
         """Swap the sampling-policy snapshot into the policy's parameters (no copy)."""
         return nullcontext() if self.state.snapshot is None else swapped(self.trainable, self.state.snapshot)
@@ -202,10 +197,16 @@ class FlowTrainer:
         return adapters_disabled(self.policy) if self.state.reference is None else swapped(self.trainable, self.state.reference)
 
     @torch.no_grad()
+    def policy_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """v_θ(x_t, t, c): (N, *D) -> (N, *D), in micro-batches, without gradient."""
+        with resharded(self.policy):
+            return self.in_chunks(lambda s: self.policy(x_t[s], t[s], cond[s]), len(x_t))
+
+    @torch.no_grad()
     def reference_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """v_ref(x_t, t, c): (N, *D) -> (N, *D), in micro-batches; the current (moving) reference."""
         net = self.policy if self.reference is None else self.reference
-        with self.reference_context():
+        with self.reference_context(), resharded(net):
             return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     @torch.no_grad()
@@ -217,7 +218,7 @@ class FlowTrainer:
         if self.state.reference is None:
             return self.reference_velocity(x_t, t, cond)
         net, context = self._base_network()
-        with context:
+        with context, resharded(net):
             return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     def _base_network(self) -> tuple[nn.Module, AbstractContextManager]:
@@ -265,7 +266,7 @@ class FlowTrainer:
             grid=self.time_grid(num_steps),
         )
         try:
-            with context:
+            with context, resharded(net):
                 return self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
         finally:  # a sampling error must not leave the policy in evaluation mode
             set_training(model, was_training)
@@ -289,7 +290,7 @@ class FlowTrainer:
         """
         cfg = self.config
         group = cfg.group_size
-        distinct = self._next_prompts()
+        distinct = self.state.next_prompts(self.train_prompts, self.config.prompts_per_step)
         prompts = [p for p in distinct for _ in range(group)]  # N = B·G, prompt-major
         n = len(prompts)
         cond = self.policy.encode_prompts(distinct).repeat_interleave(group, dim=0)  # (B, ...) -> (N, ...)
@@ -330,7 +331,7 @@ class FlowTrainer:
         if divergence_to_base and self.state.reference is not None:
             scalars["w2_base"] = squared_error(v, self.base_velocity(x_t, t, cond)).mean()
         if grad_norm is not None:
-            scalars["grad_norm"] = grad_norm
+            scalars["grad_norm"] = whole(grad_norm)  # FSDP2: a replicated DTensor
         if self.diversity_fn is not None:
             embeddings = self.in_chunks(lambda s: self.diversity_fn(x1[s]), n)
             scalars["diversity"] = grouped_diversity(embeddings, group_size=group).mean()

@@ -50,7 +50,7 @@ def evaluate_flow_policy(
     t = t.to(device)
     x_t = StraightPath().interpolate(noise.to(device), x1, t)
     cond = trainer.policy.encode_prompts(prompts)
-    v = trainer.in_chunks(lambda s: trainer.policy(x_t[s], t[s], cond[s]), n)
+    v = trainer.policy_velocity(x_t, t, cond)
     rewards = trainer.in_chunks(lambda s: torch.as_tensor(reward(x1[s], prompts[s]), device=device), n)
     embeddings = trainer.in_chunks(lambda s: embed(x1[s]), n)
     metrics = {
