@@ -221,7 +221,8 @@ def cmd_fm_train(args: argparse.Namespace) -> None:
     spec, task, trainer = _flow_run(args)
     rows = trainer.train(resume_from_checkpoint=args.resume, overwrite=args.overwrite, allow_config_changes=args.allow_change,
                          evaluator=task.evaluate, eval_steps=spec.eval_steps)
-    exported = task.export(trainer) if hasattr(task, "export") else None
+    exported = task.export(trainer) if hasattr(task, "export") else None  # under FSDP2 a collective: before the group ends
+    trainer.accelerator.state.destroy_process_group()
     if not trainer.accelerator.is_main_process:
         return
     evals = [row for row in rows if "eval/reward" in row]

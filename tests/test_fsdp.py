@@ -31,7 +31,6 @@ FSDP2 = ["--use_fsdp", "--fsdp_version", "2", *COMMON]
 # every path that swaps or copies weights: the moving reference (soft update every step), the
 # sampling snapshot (refreshed every 2 steps), micro-batches (no-grad forwards, then no_sync), evaluation
 MOVING = dict(sync_ref_model=True, ref_model_sync_steps=1, sampler_refresh_every=2, micro_batch_size=3)
-LORA = dict(lora_rank=2, lora_target_modules=["proj_in", "proj"])
 FINAL = "checkpoints/step-00000004"
 
 
@@ -82,15 +81,35 @@ def test_fsdp2_full_finetuning_killed_and_resumed_equals_ddp(tmp_path, cache):
     assert all(row["w2"] != row["w2_base"] for row in rows[2:])  # the moving reference is not the base (nor stale)
 
 
-@pytest.mark.timeout(600)
-def test_fsdp2_lora_equals_ddp(tmp_path, cache):
-    launch_fm_train(DDP, write_launch_config(tmp_path / "ddp.yaml", cache, tmp_path / "ddp", 4, eval_steps=2, **MOVING, **LORA))
-    launch_fm_train(FSDP2, write_launch_config(tmp_path / "fsdp.yaml", cache, tmp_path / "fsdp", 4, eval_steps=2, **MOVING, **LORA))
+def sd3_config(path: Path, tiny_sd3: tuple[Path, Path], output_dir: Path) -> Path:
+    """The sd3-tiny preset on the tiny pipeline, with the moving reference and the snapshot."""
+    import yaml
 
-    ddp = load_file(tmp_path / "ddp" / FINAL / "model.safetensors")
-    fsdp = sharded_weights(tmp_path / "fsdp" / FINAL)
-    adapters = [k for k in ddp if "lora_" in k]
-    assert adapters and all(torch.equal(fsdp[k], ddp[k]) for k in adapters)
+    spec = yaml.safe_load((Path(__file__).parents[1] / "adrpo/configs/sd3-tiny.yaml").read_text())
+    spec["task_args"].update(pipeline=str(tiny_sd3[0]), reward={"type": "clip_score", "model": str(tiny_sd3[1])})
+    spec["trainer"].update(output_dir=str(output_dir), report_to=["none"], progress_bar=False,
+                           **{k: v for k, v in MOVING.items() if k != "micro_batch_size"})
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_fsdp2_sd3_lora_per_transformer_block_equals_ddp_and_exports_whole_adapters(tmp_path, tiny_sd3):
+    """The shipped fsdp2.yaml (each JointTransformerBlock a sharding unit, sharded checkpoints) on 2 CPU
+    processes: the diffusers LoRA export, gathered from the shards, is bit for bit DDP's."""
+    import yaml
+
+    launch = yaml.safe_load((Path(__file__).parents[1] / "adrpo/configs/accelerate/fsdp2.yaml").read_text())
+    launch.update(num_processes=2, mixed_precision="no")
+    (tmp_path / "fsdp2.yaml").write_text(yaml.safe_dump(launch))
+    launch_fm_train(DDP, sd3_config(tmp_path / "ddp.yaml", tiny_sd3, tmp_path / "ddp"))
+    launch_fm_train(["--config_file", str(tmp_path / "fsdp2.yaml")], sd3_config(tmp_path / "fsdp.yaml", tiny_sd3, tmp_path / "fsdp"))
+
+    ddp = load_file(tmp_path / "ddp" / "lora" / "pytorch_lora_weights.safetensors")
+    fsdp = load_file(tmp_path / "fsdp" / "lora" / "pytorch_lora_weights.safetensors")
+    assert fsdp.keys() == ddp.keys() and all(torch.equal(fsdp[k], ddp[k]) for k in ddp)
+    assert any(ddp[k].abs().max() > 0 for k in ddp if "lora_B" in k)  # the adapters trained
+    sharded_weights(tmp_path / "fsdp" / FINAL)  # the checkpoint is one shard per rank
     assert_rows_close(tmp_path / "fsdp" / "metrics.jsonl", tmp_path / "ddp" / "metrics.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["eval/w2"] > 0  # evaluation's policy forward does not leave stale whole weights behind
+    assert rows[-1]["eval/w2"] > 0  # evaluation's policy forward leaves no stale whole weights behind

@@ -432,6 +432,7 @@ TARGETS_WITHOUT_PRESET = {
     "lock": "re-resolves requirements/lock.txt in a scratch venv: a maintainer's command, needs the package index",
     "test": "this suite",
     "bench": "benchmarks/*.py scripts (each checked to exist below)",
+    "gpu-check": "benchmarks/gpu_check.py: random-weight shapes on a GPU, tested at tiny shapes in test_gpu_check.py",
     "clean": "rm -rf of .venv, runs and .pytest_cache",
 }
 

@@ -267,3 +267,13 @@ def test_eval_grids_reach_tensorboard_and_wandb(tiny_sd3, tmp_path):
     assert logged[0][1]["eval/samples"][0].shape == (2 * 8, 2 * 8, 3)  # 2 prompts x 2 samples of 8 px
     events = [EventAccumulator(str(path.parent)).Reload() for path in tmp_path.rglob("events.out.tfevents.*")]
     assert any("eval/samples" in e.Tags()["images"] for e in events)
+
+
+def test_the_velocity_model_names_its_transformer_blocks_for_fsdp_wrapping(tiny_sd3):
+    """accelerate's TRANSFORMER_BASED_WRAP reads the prepared model's _no_split_modules (through peft's
+    wrappers): each JointTransformerBlock becomes its own FSDP2 unit instead of one unit for the whole model."""
+    from adrpo.flow.lora import add_lora
+
+    model = make_task(tiny_sd3).base_model()
+    assert model._no_split_modules == ["JointTransformerBlock"]
+    assert add_lora(model, rank=2, alpha=2, target_modules=["to_q"])._no_split_modules == ["JointTransformerBlock"]

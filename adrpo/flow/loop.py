@@ -68,7 +68,8 @@ def train(
         if stop:
             break
     bar.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # end_training() less its destroy_process_group: an export's gather follows
+        tracker.finish()
     return trainer.metrics_log.read()
 
 

@@ -29,12 +29,15 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 def adapter_state_dict(model: nn.Module, *, prefix: str) -> dict[str, torch.Tensor]:
     """The trained adapter weights of a peft-wrapped ``model`` keyed from the submodule at
     ``prefix`` (e.g. "transformer"), without adapter names: the layout diffusers'
-    ``save_lora_weights`` expects, e.g. ``transformer_blocks.0.attn.to_q.lora_A.weight``."""
+    ``save_lora_weights`` expects, e.g. ``transformer_blocks.0.attn.to_q.lora_A.weight``. Under
+    FSDP2 the sharded adapters are gathered whole: every process calls this."""
     from peft import get_peft_model_state_dict
+
+    from adrpo.flow.sharding import whole
 
     head = f"base_model.model.{prefix}."
     state = get_peft_model_state_dict(model)
     outside = sorted(name for name in state if not name.startswith(head))
     if outside:
         raise ValueError(f"adapter weights outside {prefix!r}: {outside[:3]}")
-    return {name.removeprefix(head): value.detach().cpu() for name, value in state.items()}
+    return {name.removeprefix(head): whole(value.detach()).cpu() for name, value in state.items()}

@@ -237,12 +237,15 @@ class TextToImageTask:
 
         lora = trainer.reference is None
         folder = Path(folder) if folder is not None else trainer.output_dir / ("lora" if lora else "transformer")
+        if not lora and trainer.accelerator.is_fsdp2:
+            raise ConfigError("exporting a fully fine-tuned transformer from an FSDP2 run is not supported yet; export "
+                              "from its checkpoint in one process, or train LoRA adapters (lora_rank > 0)")
+        layers = adapter_state_dict(trainer.policy, prefix="transformer") if lora else None  # every process: FSDP2 gathers
 
         def write(tmp: Path) -> None:
             if lora:
                 metadata = trainer.policy.peft_config["default"].to_dict()
-                type(self.pipeline).save_lora_weights(tmp, transformer_lora_layers=adapter_state_dict(trainer.policy, prefix="transformer"),
-                                                      transformer_lora_adapter_metadata=metadata)
+                type(self.pipeline).save_lora_weights(tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata)
             else:
                 trainer.policy.transformer.save_pretrained(tmp)
 

@@ -54,6 +54,8 @@ class CachedPromptVelocity(nn.Module):
         self.pooled_dim = pooled_dim
         self.time_shift = float(time_shift)
         self.compute_dtype = next(transformer.parameters()).dtype  # the base weights' (LoRA comes later, in float32)
+        # the transformer's block classes: accelerate's FSDP TRANSFORMER_BASED_WRAP shards each block separately
+        self._no_split_modules = list(getattr(transformer, "_no_split_modules", None) or [])
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
