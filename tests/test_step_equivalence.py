@@ -23,7 +23,6 @@ import torch
 from accelerate import Accelerator, DistributedType
 
 from adrpo.flow import engine
-from adrpo.flow import trainer as trainer_module
 from adrpo.flow.trainer import FlowTrainer
 from conftest import PROMPTS, make_config, target_reward, tiny_model
 
@@ -148,7 +147,7 @@ def test_torch_calls_match_accelerates_wrappers_bit_for_bit(tmp_path, case, monk
 def test_multi_tensor_adamw_matches_the_per_parameter_loop_bit_for_bit(tmp_path, case, monkeypatch):
     multi = build(tmp_path / "multi", case, weight_decay=0.01)
     assert multi.calls.optimizer.defaults["foreach"] is True
-    monkeypatch.setattr(trainer_module, "adamw", lambda params, config: torch.optim.AdamW(
+    monkeypatch.setattr(engine, "adamw", lambda params, config: torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False))
     loop = build(tmp_path / "loop", case, weight_decay=0.01)
     assert loop.calls.optimizer.defaults["foreach"] is False

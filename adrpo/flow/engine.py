@@ -48,16 +48,11 @@ def unwrap(accelerator: Accelerator, model: nn.Module) -> nn.Module:
 
 
 def check_engine(accelerator: Accelerator) -> None:
-    """Refuse the engines the trainer does not run on: FSDP1 (``fsdp_version: 1`` wraps the module
-    in a class whose flat parameters the snapshot and reference swaps cannot address; FSDP2 shards
-    in place, :mod:`adrpo.flow.sharding`) and DeepSpeed ZeRO-3 (not yet: its partitioned
-    parameters are empty outside the engine's gather hooks, which the swaps would have to enter)."""
+    """Refuse FSDP1 (``fsdp_version: 1`` wraps the module in a class whose flat parameters the snapshot
+    and reference swaps cannot address). FSDP2 and DeepSpeed ZeRO-3 shard each parameter in place,
+    which the trainer reads and writes through :mod:`adrpo.flow.sharding`."""
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ConfigError("fsdp_version: 1: the flow trainer runs on FSDP2; set fsdp_version: 2 in the accelerate config")
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.zero_stage == 3:
-        raise ConfigError("zero_stage: 3: the flow trainer does not run on DeepSpeed ZeRO-3 yet; shard parameters with "
-                          "FSDP2 (adrpo/configs/accelerate/fsdp2.yaml) or use zero_stage 1 or 2")
 
 
 def check_trainable_precision(params: list[nn.Parameter], accelerator: Accelerator, *, lora_rank: int) -> None:

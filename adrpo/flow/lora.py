@@ -30,14 +30,15 @@ def adapter_state_dict(model: nn.Module, *, prefix: str) -> dict[str, torch.Tens
     """The trained adapter weights of a peft-wrapped ``model`` keyed from the submodule at
     ``prefix`` (e.g. "transformer"), without adapter names: the layout diffusers'
     ``save_lora_weights`` expects, e.g. ``transformer_blocks.0.attn.to_q.lora_A.weight``. Under
-    FSDP2 the sharded adapters are gathered whole: every process calls this."""
+    FSDP2 and ZeRO-3 the sharded adapters are gathered whole: every process calls this."""
     from peft import get_peft_model_state_dict
 
-    from adrpo.flow.sharding import whole
+    from adrpo.flow.sharding import gathered, whole
 
     head = f"base_model.model.{prefix}."
-    state = get_peft_model_state_dict(model)
+    with gathered([p for name, p in model.named_parameters() if "lora_" in name]):
+        state = {name: whole(value.detach()).cpu().clone() for name, value in get_peft_model_state_dict(model).items()}
     outside = sorted(name for name in state if not name.startswith(head))
     if outside:
         raise ValueError(f"adapter weights outside {prefix!r}: {outside[:3]}")
-    return {name.removeprefix(head): whole(value.detach()).cpu() for name, value in state.items()}
+    return {name.removeprefix(head): value for name, value in state.items()}

@@ -25,15 +25,17 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from adrpo.flow.sharding import is_zero3_param, local, refresh
+
 
 def moving_weights(trainable: Mapping[str, nn.Parameter], reference: nn.Module | None) -> dict[str, torch.Tensor]:
     """The weights the soft update moves, keyed like ``trainable``: the reference module's own
     tensors (shared storage, so mixing them moves the module) when there is one, else clones
     of ``trainable`` (the LoRA reference adapters)."""
     if reference is None:
-        return {name: param.detach().clone() for name, param in trainable.items()}
+        return {name: local(param).clone() for name, param in trainable.items()}
     own = dict(reference.named_parameters())
-    return {name: own[name].detach() for name in trainable}
+    return {name: local(own[name]) for name in trainable}
 
 
 @torch.no_grad()
@@ -45,16 +47,19 @@ def mix_(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
 
 @torch.no_grad()
 def swap(params: Mapping[str, nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
-    """Exchange each parameter's values with ``weights[name]``: pointers for plain tensors (no copy);
-    for FSDP2's sharded parameters (DTensors) an in-place copy of the local rows through a temporary,
-    since FSDP2 gathers from the storage it sharded, which a pointer swap would leave behind."""
+    """Exchange each parameter's values with ``weights[name]`` (held like :func:`local`): pointers for
+    plain tensors (no copy); for sharded parameters (FSDP2's DTensors, ZeRO-3's rows) an in-place copy
+    of the local rows through a temporary, since the engine gathers from the storage it sharded, which
+    a pointer swap would leave behind (then ZeRO-3's gathered copies are refreshed)."""
     for name, param in params.items():
-        if isinstance(param, DTensor):
-            held = param.detach().clone()
-            param.copy_(weights[name])
+        if isinstance(param, DTensor) or is_zero3_param(param):
+            rows = local(param)
+            held = rows.clone()
+            rows.copy_(weights[name])
             weights[name].copy_(held)
         else:
             param.data, weights[name] = weights[name], param.data
+    refresh(params.values())
 
 
 @contextmanager

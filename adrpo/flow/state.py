@@ -3,12 +3,12 @@ model and optimizer (:func:`accelerate.Accelerator.register_for_checkpointing`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from adrpo.flow.sharding import copy_whole_, whole
+from adrpo.flow.sharding import copy_whole_rows_, whole_rows
 
 
 class TrainerState:
@@ -19,6 +19,8 @@ class TrainerState:
     ``reference`` holds the weights a moving reference (``sync_ref_model``) has moved: in full
     fine-tuning the reference copy's own trainable parameters, in LoRA mode the reference
     adapters. Loading copies into those tensors in place, so the reference module sees them.
+    Both hold the rows :func:`adrpo.flow.sharding.local` gives of the trainable parameters in
+    ``layout``, which says how to gather and scatter them under FSDP2 and ZeRO-3.
     """
 
     def __init__(self, num_prompts: int, generator: torch.Generator, process_index: int):
@@ -30,6 +32,7 @@ class TrainerState:
         self.snapshot: dict[str, torch.Tensor] | None = None
         self.reference: dict[str, torch.Tensor] | None = None
         self.gathered: list[dict[str, Any]] = []
+        self.layout: Mapping[str, torch.Tensor] = {}
 
     def next_prompts(self, prompts: Sequence[str], k: int) -> list[str]:
         """``k`` of ``prompts``, walking a fresh random permutation each epoch."""
@@ -50,9 +53,9 @@ class TrainerState:
         return {"generator": self.generator.get_state(), "order": list(self.order), "cursor": self.cursor}
 
     def state_dict(self) -> dict[str, Any]:
-        """Called on every process (accelerate saves the main one's): under FSDP2 the snapshot and the
-        moving reference are gathered whole here."""
-        return {"step": self.step, "snapshot": whole_tensors(self.snapshot), "reference": whole_tensors(self.reference),
+        """Called on every process (accelerate saves the main one's): under FSDP2 and ZeRO-3 the snapshot
+        and the moving reference are gathered whole here."""
+        return {"step": self.step, "snapshot": self.whole_tensors(self.snapshot), "reference": self.whole_tensors(self.reference),
                 "processes": self.gathered or [self.local_state()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -65,7 +68,7 @@ class TrainerState:
         if state["snapshot"] is not None and self.snapshot is not None:
             with torch.no_grad():
                 for name, value in state["snapshot"].items():
-                    copy_whole_(self.snapshot[name], value)
+                    copy_whole_rows_(self.snapshot[name], value, self.layout.get(name, value))
         elif state["snapshot"] is not None:
             self.snapshot = {name: value.to(device) for name, value in state["snapshot"].items()}
         self._load_reference(state.get("reference"))  # absent from checkpoints of before sync_ref_model
@@ -83,8 +86,10 @@ class TrainerState:
                              f"unexpected {unexpected[:3]})")
         with torch.no_grad():
             for name, value in saved.items():
-                copy_whole_(self.reference[name], value)
+                copy_whole_rows_(self.reference[name], value, self.layout.get(name, value))
 
 
-def whole_tensors(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-    return None if tensors is None else {name: whole(value) for name, value in tensors.items()}
+    def whole_tensors(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        if tensors is None:
+            return None
+        return {name: whole_rows(value, self.layout.get(name, value)) for name, value in tensors.items()}

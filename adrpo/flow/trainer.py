@@ -43,26 +43,16 @@ from adrpo.core.flow_losses import FlowLoss, preference_pairs, squared_error
 from adrpo.core.metrics import grouped_diversity
 from adrpo.core.paths import StraightPath, shifted_time_grid
 from adrpo.errors import ConfigError
-from adrpo.flow import checkpointing, loop, resume
+from adrpo.flow import checkpointing, engine, loop, resume
 from adrpo.flow.backward import loss_and_backward
 from adrpo.flow.callbacks import FlowCallback, with_default_monitor
 from adrpo.flow.config import FlowConfig
-from adrpo.flow.engine import (
-    adamw,
-    check_engine,
-    check_trainable_precision,
-    configure_deepspeed,
-    default_accelerator,
-    enable_gradient_checkpointing,
-    step_calls,
-    unwrap,
-)
 from adrpo.flow.loop import Evaluator
 from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.reference import mix_, moving_weights, swapped
 from adrpo.flow.sampler import sample_euler, set_training
-from adrpo.flow.sharding import resharded, shard_frozen, whole
+from adrpo.flow.sharding import local, refresh, resharded, shard_frozen, whole
 from adrpo.flow.state import TrainerState
 from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
@@ -124,12 +114,12 @@ class FlowTrainer:
         self.loss_fn = LOSSES[config.method]
         self.output_dir = Path(config.output_dir)
         trackers = [name for name in config.report_to if name != "none"]
-        self.accelerator = accelerator or default_accelerator(trackers, self.output_dir)
-        check_engine(self.accelerator)
+        self.accelerator = accelerator or engine.default_accelerator(trackers, self.output_dir)
+        engine.check_engine(self.accelerator)
         set_seed(config.seed)
         model.requires_grad_(True)
         if config.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
+            engine.enable_gradient_checkpointing(model)
         if config.lora_rank:
             model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, target_modules=config.lora_target_modules)
             self.reference: nn.Module | None = None
@@ -140,24 +130,25 @@ class FlowTrainer:
         full_copy = config.sync_ref_model and self.reference is not None
         self.base: nn.Module | None = copy.deepcopy(self.reference) if full_copy else None
         params = [p for p in model.parameters() if p.requires_grad]
-        check_trainable_precision(params, self.accelerator, lora_rank=config.lora_rank)
-        optimizer = adamw(params, config)
-        configure_deepspeed(self.accelerator, config)
+        engine.check_trainable_precision(params, self.accelerator, lora_rank=config.lora_rank)
+        optimizer = engine.adamw(params, config)
+        engine.configure_deepspeed(self.accelerator, config)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.reference is not None:  # FSDP2: the frozen copies sharded as the policy is
             self.reference = shard_frozen(self.accelerator, self.reference)
         if self.base is not None:
             self.base = shard_frozen(self.accelerator, self.base)
-        self.calls = step_calls(self.accelerator, self.optimizer)
-        self.policy = unwrap(self.accelerator, self.model)
+        self.calls = engine.step_calls(self.accelerator, self.optimizer)
+        self.policy = engine.unwrap(self.accelerator, self.model)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         generator = torch.Generator(device=self.accelerator.device)
         generator.manual_seed(config.seed * 1_000_003 + self.accelerator.process_index)
         self.state = TrainerState(len(self.train_prompts), generator, self.accelerator.process_index)
         if config.sampler_refresh_every > 1:
-            self.state.snapshot = {name: p.detach().clone() for name, p in self.trainable.items()}
+            self.state.snapshot = {name: local(p).clone() for name, p in self.trainable.items()}
         if config.sync_ref_model:
             self.state.reference = moving_weights(self.trainable, self.reference)
+        self.state.layout = self.trainable
         self.accelerator.register_for_checkpointing(self.state)
         if config.lora_rank:
             checkpointing.save_only_trainable(self.accelerator, self.model)
@@ -222,8 +213,7 @@ class FlowTrainer:
             return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     def _base_network(self) -> tuple[nn.Module, AbstractContextManager]:
-        """The module that computes the base model with ``sync_ref_model`` on, and the block to call it in:
-        the frozen base copy (full fine-tuning), or the policy with its adapters disabled (LoRA mode)."""
+        """The module computing the base model under ``sync_ref_model`` and the block to call it in (see base_velocity)."""
         if self.base is not None:
             return self.base, nullcontext()
         return self.policy, adapters_disabled(self.policy)
@@ -314,11 +304,7 @@ class FlowTrainer:
         self.calls.optimizer.step()
         self.calls.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        if self.state.snapshot is not None and self.state.step % cfg.sampler_refresh_every == 0:
-            for name, param in self.trainable.items():
-                self.state.snapshot[name].copy_(param.detach())
-        if self.state.reference is not None and self.state.step % cfg.ref_model_sync_steps == 0:  # TRL's SyncRefModelCallback
-            mix_(self.state.reference, self.trainable, alpha=cfg.ref_model_mixup_alpha)
+        self._follow_policy()
 
         scalars = {
             "loss": loss,
@@ -338,6 +324,18 @@ class FlowTrainer:
         # as_tensor (~2 µs) only for plain numbers; reward_mean is float32, so .float() rounds each value once as before
         values = torch.stack([x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device=self.device) for x in scalars.values()])
         return dict(zip(scalars, values.float().tolist()))  # one device sync for all metrics
+
+    @torch.no_grad()
+    def _follow_policy(self) -> None:
+        """After optimizer step ``state.step``: refresh the sampling snapshot and move the reference when due."""
+        cfg, rows = self.config, {name: local(p) for name, p in self.trainable.items()}
+        if self.state.snapshot is not None and self.state.step % cfg.sampler_refresh_every == 0:
+            for name, value in rows.items():
+                self.state.snapshot[name].copy_(value)
+        if self.state.reference is not None and self.state.step % cfg.ref_model_sync_steps == 0:  # TRL's SyncRefModelCallback
+            mix_(self.state.reference, rows, alpha=cfg.ref_model_mixup_alpha)
+            if self.reference is not None:  # ZeRO-3: the reference's rows moved under its gathered copies
+                refresh(self.reference.parameters())
 
     def score(self, samples: torch.Tensor, prompts: Sequence[str], *, first_index: int = 0) -> torch.Tensor:
         """The checked rewards (N,) of samples (N, *D) for the step being taken."""
@@ -398,3 +396,4 @@ class FlowTrainer:
         directory (``metrics.jsonl`` is left alone). A checkpoint that fails to load raises a
         ConfigError naming it and the file; the trainer may then hold part of its state."""
         resume.load(self.accelerator, Path(path))
+        refresh(self.reference.parameters() if self.reference is not None else ())  # ZeRO-3: the moving reference's rows loaded

@@ -34,6 +34,7 @@ import torch
 
 from adrpo.errors import ConfigError
 from adrpo.flow.models.diffusers_common import CachedPromptVelocity, LatentDecoder
+from adrpo.flow.sharding import whole_state_dict, zero3
 from adrpo.tasks.evaluation import check_eval_samples, evaluate_flow_policy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -228,28 +229,36 @@ class TextToImageTask:
         self._model.encode = refuse
 
     def export(self, trainer, folder: str | Path | None = None) -> Path:
-        """Write the fine-tuned transformer where diffusers reads it (main process; atomic):
+        """Write the fine-tuned transformer where diffusers reads it (gathered on every process under FSDP2
+        and ZeRO-3, written by the main one; atomic):
         in LoRA mode ``pytorch_lora_weights.safetensors`` for ``pipeline.load_lora_weights(folder)``,
         else the whole transformer (``from_pretrained``). ``folder`` defaults to
         ``<output_dir>/lora`` or ``<output_dir>/transformer``. Returns it."""
+        from huggingface_hub import save_torch_state_dict
+
         from adrpo.flow.checkpointing import write_dir_atomically
         from adrpo.flow.lora import adapter_state_dict
 
         lora = trainer.reference is None
         folder = Path(folder) if folder is not None else trainer.output_dir / ("lora" if lora else "transformer")
-        if not lora and trainer.accelerator.is_fsdp2:
-            raise ConfigError("exporting a fully fine-tuned transformer from an FSDP2 run is not supported yet; export "
-                              "from its checkpoint in one process, or train LoRA adapters (lora_rank > 0)")
-        layers = adapter_state_dict(trainer.policy, prefix="transformer") if lora else None  # every process: FSDP2 gathers
+        transformer, main = trainer.policy.transformer, trainer.accelerator.is_main_process
+        sharded = trainer.accelerator.is_fsdp2 or zero3(trainer.accelerator)
+        # gathered on every process (a collective under FSDP2 and ZeRO-3), held whole on the main one
+        layers = adapter_state_dict(trainer.policy, prefix="transformer") if lora else None
+        weights = whole_state_dict(transformer, keep=main) if sharded and not lora else None
 
         def write(tmp: Path) -> None:
             if lora:
                 metadata = trainer.policy.peft_config["default"].to_dict()
                 type(self.pipeline).save_lora_weights(tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata)
+            elif weights is not None:  # what save_pretrained writes, from the gathered tensors
+                transformer.save_config(tmp)
+                save_torch_state_dict(weights, tmp, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                                      max_shard_size="10GB", metadata={"format": "pt"})
             else:
-                trainer.policy.transformer.save_pretrained(tmp)
+                transformer.save_pretrained(tmp)
 
-        if trainer.accelerator.is_main_process:
+        if main:
             write_dir_atomically(folder, write)
         trainer.accelerator.wait_for_everyone()
         return folder
