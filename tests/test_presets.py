@@ -185,9 +185,10 @@ def fm_train_after_make_target(name: str, request) -> None:
 
 
 def fm_train_hub_pipeline_on_tiny_stand_in(name: str, request) -> None:
-    """sd3-medium / flux-dev: the hub pipeline and CLIP-L -> the tiny pipeline of the same class
-    and the tiny CLIP of conftest; bfloat16, free_text_encoders, micro_batch_size, gradient
-    checkpointing, LoRA, guidance and batch sizes as shipped."""
+    """sd3-medium / flux-dev / flux-dev-full-fsdp2: the hub pipeline and CLIP-L -> the tiny pipeline of the
+    same class and the tiny CLIP of conftest; dtypes, free_text_encoders, micro_batch_size, gradient
+    checkpointing, LoRA or full fine-tuning, guidance and batch sizes as shipped (in one process: the
+    launch's FSDP2 is tests/test_sharding.py's)."""
     flow_trainers = request.getfixturevalue("flow_trainers")
     pipeline_dir, clip_dir = request.getfixturevalue("tiny_sd3" if name.startswith("sd3") else "tiny_flux")
     out = request.getfixturevalue("tmp_path") / "run"
@@ -321,7 +322,7 @@ def small_args(tmp_path: Path) -> list[str]:
 
 
 def grpo_train_audio_on_tiny_stand_in(name: str, request) -> None:
-    """grpo-qwen2-audio-7b-avqa / grpo-qwen2.5-omni-7b-avqa: the hub model -> a tiny model of its class (Qwen2-Audio;
+    """grpo-qwen2-audio-7b-avqa / grpo-qwen2.5-omni-7b-avqa(-zero3): the hub model -> a tiny model of its class (Qwen2-Audio;
     a whole Qwen2.5-Omni checkpoint whose thinker `omni-thinker:` extracts), AVQA / MMAU files -> the synthetic
     benchmark written in their formats; every file the preset names is read, the eval set included."""
     import transformers
@@ -407,10 +408,12 @@ PRESETS: dict[str, Driver] = {
     "flux-tiny": Driver(("fm", "train"), fm_train_after_make_target),
     "sd3-medium": Driver(("fm", "train"), fm_train_hub_pipeline_on_tiny_stand_in),
     "flux-dev": Driver(("fm", "train"), fm_train_hub_pipeline_on_tiny_stand_in),
+    "flux-dev-full-fsdp2": Driver(("fm", "train"), fm_train_hub_pipeline_on_tiny_stand_in),
     "grpo-qwen2.5-0.5b": Driver(("grpo", "train"), grpo_train_gsm8k_on_tiny_qwen2),
     "grpo-smollm2": Driver(("grpo", "train"), grpo_train_smollm2_on_tiny_llama),
     "grpo-qwen2-audio-7b-avqa": Driver(("grpo", "train"), grpo_train_audio_on_tiny_stand_in),
     "grpo-qwen2.5-omni-7b-avqa": Driver(("grpo", "train"), grpo_train_audio_on_tiny_stand_in),
+    "grpo-qwen2.5-omni-7b-avqa-zero3": Driver(("grpo", "train"), grpo_train_audio_on_tiny_stand_in),
     "grpo-qwen2.5-vl-3b": Driver(("grpo", "train"), grpo_train_vlm_on_tiny_llava),
 }
 
