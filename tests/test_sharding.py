@@ -160,18 +160,22 @@ def test_zero3_every_weight_partitioned_killed_and_resumed_equals_ddp(tmp_path, 
     assert_rows_close(run / "metrics.jsonl", ddp_digits / "metrics.jsonl", rel=1e-4)
 
 
-def sd3_config(path: Path, tiny_sd3: tuple[Path, Path], output_dir: Path, **trainer) -> Path:
-    """The sd3-tiny preset on the tiny pipeline, with the moving reference, the snapshot and gradient
-    checkpointing (the transformer's blocks recompute their activations in the backward, inside FSDP2's
-    per-block gathering and ZeRO-3's hooks)."""
+def tiny_config(path: Path, name: str, folders: tuple[Path, Path], output_dir: Path, **trainer) -> Path:
+    """Preset ``name`` (sd3-tiny, flux-tiny) on its tiny pipeline, with the moving reference, the snapshot
+    and gradient checkpointing (the transformer's blocks recompute their activations in the backward,
+    inside FSDP2's per-block gathering and ZeRO-3's hooks)."""
     import yaml
 
-    spec = yaml.safe_load((Path(__file__).parents[1] / "adrpo/configs/sd3-tiny.yaml").read_text())
-    spec["task_args"].update(pipeline=str(tiny_sd3[0]), reward={"type": "clip_score", "model": str(tiny_sd3[1])})
+    spec = yaml.safe_load((Path(__file__).parents[1] / f"adrpo/configs/{name}.yaml").read_text())
+    spec["task_args"].update(pipeline=str(folders[0]), reward={"type": "clip_score", "model": str(folders[1])})
     spec["trainer"].update(output_dir=str(output_dir), report_to=["none"], progress_bar=False, gradient_checkpointing=True,
                            **{**{k: v for k, v in MOVING.items() if k != "micro_batch_size"}, **trainer})
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def sd3_config(path: Path, tiny_sd3: tuple[Path, Path], output_dir: Path, **trainer) -> Path:
+    return tiny_config(path, "sd3-tiny", tiny_sd3, output_dir, **trainer)
 
 
 @pytest.fixture(scope="module")
@@ -220,23 +224,24 @@ FULL = dict(lora_rank=0, num_steps=1, sampler_refresh_every=1)  # one step: the 
 
 
 @pytest.mark.timeout(600)
-def test_a_fully_fine_tuned_transformer_exports_whole_from_fsdp2_and_zero3(tmp_path, tiny_sd3):
-    """Full fine-tuning's export gathers one parameter at a time and writes what save_pretrained writes
-    (config, safetensors) on the main process; both equal DDP's export to float32 rounding. Measured:
-    FSDP2 3 of 67 tensors one float32 step off (≤ 3.7e-9, the time and text embedders outside the
-    transformer blocks, which the root's sharding group reduces), ZeRO-3 the same bound."""
-    launch_fm_train(DDP, sd3_config(tmp_path / "ddp.yaml", tiny_sd3, tmp_path / "ddp", **FULL))
-    launch_fm_train(fsdp2_launch(tmp_path), sd3_config(tmp_path / "fsdp.yaml", tiny_sd3, tmp_path / "fsdp", **FULL))
-    launch_fm_train(zero3_launch(tmp_path), sd3_config(tmp_path / "train.yaml", tiny_sd3, tmp_path / "zero3", **FULL), env=ZERO3_ENV)
+@pytest.mark.parametrize("engine, name", [("fsdp2", "sd3-tiny"), ("zero3", "sd3-tiny"), ("fsdp2", "flux-tiny")])
+def test_a_fully_fine_tuned_transformer_exports_whole_what_the_sharded_run_trained(tmp_path, request, engine, name):
+    """Full fine-tuning's export gathers one parameter at a time and the main process writes what
+    save_pretrained writes (config, safetensors): exactly the trained weights, as the engine's own sharded
+    checkpoint of the same step holds them, and not the base's. FLUX's double and single blocks are
+    sharding units like SD3's joint blocks."""
+    folders = request.getfixturevalue("tiny_sd3" if name == "sd3-tiny" else "tiny_flux")
+    launch, env = (fsdp2_launch(tmp_path), None) if engine == "fsdp2" else (zero3_launch(tmp_path), ZERO3_ENV)
+    launch_fm_train(launch, tiny_config(tmp_path / "train.yaml", name, folders, tmp_path / "run", **FULL), env=env)
 
-    def export(run: str) -> tuple[dict, dict[str, torch.Tensor]]:
-        folder = tmp_path / run / "transformer"
-        return json.loads((folder / "config.json").read_text()), load_file(folder / "diffusion_pytorch_model.safetensors")
-
-    (config, ddp), (fsdp_config, fsdp), (zero_config, zero) = export("ddp"), export("fsdp"), export("zero3")
-    assert fsdp_config == zero_config == config and config["_class_name"] == "SD3Transformer2DModel"
-    assert fsdp.keys() == zero.keys() == ddp.keys()
-    for export in (fsdp, zero):
-        assert max((export[k] - ddp[k]).abs().max().item() for k in ddp) < 1e-6
-    base = load_file(tiny_sd3[0] / "transformer" / "diffusion_pytorch_model.safetensors")
-    assert base.keys() == ddp.keys() and any(not torch.equal(base[k], ddp[k]) for k in ddp)  # the step trained
+    folder = tmp_path / "run" / "transformer"
+    config = json.loads((folder / "config.json").read_text())
+    exported = load_file(folder / "diffusion_pytorch_model.safetensors")
+    assert config["_class_name"] == ("SD3Transformer2DModel" if name == "sd3-tiny" else "FluxTransformer2DModel")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000001"
+    trained = sharded_weights(checkpoint) if engine == "fsdp2" else zero3_weights(checkpoint)
+    trained = {k.removeprefix("transformer."): v for k, v in trained.items() if k.startswith("transformer.")}
+    assert trained and set(trained) <= set(exported)
+    assert all(torch.equal(exported[k], trained[k]) for k in trained)
+    base = load_file(folders[0] / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert base.keys() == exported.keys() and any(not torch.equal(base[k], exported[k]) for k in base)  # the step trained
