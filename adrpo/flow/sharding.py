@@ -108,9 +108,11 @@ def refresh(params: Iterable[torch.Tensor]) -> None:
     """After ZeRO-3 rows of ``params`` were written in place: free the whole copies gathered from the
     old rows and gather the persistent parameters again, as DeepSpeed does after an optimizer step.
     Every process calls it with the same parameters; others are left alone."""
+    partitioned = [p for p in params if is_zero3_param(p)]
+    if not partitioned:  # DeepSpeed is imported only where it partitions something
+        return
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    partitioned = [p for p in params if is_zero3_param(p)]
     gathered = [p for p in partitioned if p.ds_status == ZeroParamStatus.AVAILABLE]
     if gathered:
         gathered[0].partition(gathered)

@@ -328,12 +328,12 @@ class FlowTrainer:
     @torch.no_grad()
     def _follow_policy(self) -> None:
         """After optimizer step ``state.step``: refresh the sampling snapshot and move the reference when due."""
-        cfg, rows = self.config, {name: local(p) for name, p in self.trainable.items()}
-        if self.state.snapshot is not None and self.state.step % cfg.sampler_refresh_every == 0:
-            for name, value in rows.items():
-                self.state.snapshot[name].copy_(value)
-        if self.state.reference is not None and self.state.step % cfg.ref_model_sync_steps == 0:  # TRL's SyncRefModelCallback
-            mix_(self.state.reference, rows, alpha=cfg.ref_model_mixup_alpha)
+        cfg, step = self.config, self.state.step
+        if self.state.snapshot is not None and step % cfg.sampler_refresh_every == 0:
+            for name, param in self.trainable.items():
+                self.state.snapshot[name].copy_(local(param))
+        if self.state.reference is not None and step % cfg.ref_model_sync_steps == 0:  # TRL's SyncRefModelCallback
+            mix_(self.state.reference, {name: local(p) for name, p in self.trainable.items()}, alpha=cfg.ref_model_mixup_alpha)
             if self.reference is not None:  # ZeRO-3: the reference's rows moved under its gathered copies
                 refresh(self.reference.parameters())
 
