@@ -273,7 +273,7 @@ def test_each_command_offers_and_takes_only_its_kind_of_preset(capsys, monkeypat
     monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps help at the terminal width (and at hyphens)
     offered = {command: re.search(r"--preset PRESET\s+a bundled preset \(([^)]*)\)", help_text(capsys, command.split())).group(1).split(", ")
                for command in ("fm train", "fm export", "fm compare", "grpo", "grpo train", "grpo compare", "sweep")}
-    assert offered["fm train"] == offered["fm export"] == ["digits-train", "flux-dev", "flux-tiny", "sd3-medium", "sd3-tiny"]
+    assert offered["fm train"] == offered["fm export"] == ["digits-train", "flux-dev", "flux-dev-full-fsdp2", "flux-tiny", "sd3-medium", "sd3-tiny"]
     assert offered["grpo"] == offered["grpo train"] == [name for name in cli.list_presets() if name.startswith("grpo-")]
     assert offered["fm compare"] == ["digits", "digits-clip-ablation", "digits-quick", "digits-sweep", "digits-sweep-quick"]
     assert offered["grpo compare"] == ["arithmetic", "arithmetic-quick", "arithmetic-sweep", "arithmetic-sweep-quick", "audio-qa"]
