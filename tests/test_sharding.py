@@ -3,7 +3,7 @@ launch --use_fsdp --fsdp_version 2`) and DeepSpeed ZeRO-3 (`DS_ACCELERATOR=cpu`)
 sharded in place, the frozen reference and base copies sharded the same way, the sampling snapshot
 and the moving reference swapped shard-locally, checkpoints in the engine's sharded format, exact resume.
 
-accelerate selects FSDP only for GPU launches; on a CPU :func:`adrpo.flow.sharding.shard_on_cpu`
+accelerate selects FSDP only for GPU launches; on a CPU :func:`adrpo.cpu_fsdp.fsdp_on_cpu`
 switches the MULTI_CPU state to it, and from there the code is accelerate's and torch's FSDP2.
 
 The yardstick is 2-process DDP with the same settings, run once per module. Each process draws its

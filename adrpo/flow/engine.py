@@ -17,9 +17,9 @@ from accelerate import Accelerator, DistributedType, InitProcessGroupKwargs
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 
+from adrpo.cpu_fsdp import fsdp_on_cpu
 from adrpo.errors import ConfigError
 from adrpo.flow.config import FlowConfig
-from adrpo.flow.sharding import cpu_fsdp_requested, shard_on_cpu
 
 
 def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
@@ -31,8 +31,7 @@ def default_accelerator(trackers: list[str], output_dir: Path) -> Accelerator:
         cpu=not cuda and not cpu_deepspeed, log_with=trackers or None, project_dir=str(output_dir),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None,
     )
-    if cpu_fsdp_requested():
-        shard_on_cpu(accelerator)
+    fsdp_on_cpu(accelerator)
     return accelerator
 
 

@@ -20,8 +20,8 @@ collective: every process calls it the same number of times). What changes:
 - what the trainer state saves of those tensors (the snapshot, the moving reference) is the
   whole tensor, gathered on every process, and a load copies each process's rows back.
 
-accelerate selects FSDP only for GPU-like launches; :func:`shard_on_cpu` lets a CPU launch over
-gloo (``accelerate launch --multi_gpu --use_fsdp --fsdp_version 2`` without CUDA) take the same
+accelerate selects FSDP only for GPU-like launches; :func:`adrpo.cpu_fsdp.fsdp_on_cpu` lets a CPU
+launch over gloo (``accelerate launch --use_fsdp --fsdp_version 2`` without CUDA) take the same
 path, as the tests do.
 
 DeepSpeed ZeRO-3 partitions the same parameters differently: each keeps its class and name, its
@@ -40,33 +40,14 @@ Tensors that are neither DTensors nor ZeRO-3 parameters pass through every funct
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
-from accelerate import Accelerator, DistributedType, FullyShardedDataParallelPlugin, PartialState
+from accelerate import Accelerator
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
-
-
-def cpu_fsdp_requested() -> bool:
-    """``accelerate launch --use_fsdp`` on a machine without CUDA."""
-    return not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def shard_on_cpu(accelerator: Accelerator) -> None:
-    """Switch a multi-process CPU Accelerator (gloo, ``MULTI_CPU``) to FSDP with the launch's plugin
-    (``FSDP_*`` variables), the state accelerate itself gives a GPU launch with ``--use_fsdp``. From
-    here ``prepare``, ``clip_grad_norm_``, ``save_state`` / ``load_state`` and ``get_state_dict`` take
-    accelerate's FSDP2 code, which runs on a CPU mesh."""
-    if accelerator.distributed_type != DistributedType.MULTI_CPU:
-        return
-    plugin = getattr(accelerator.state, "fsdp_plugin", None) or FullyShardedDataParallelPlugin()
-    accelerator.state.fsdp_plugin = plugin
-    accelerator.state.distributed_type = DistributedType.FSDP
-    PartialState().distributed_type = DistributedType.FSDP  # its own shared state, read by accelerate's utilities
 
 
 def zero3(accelerator: Accelerator) -> bool:

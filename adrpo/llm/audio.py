@@ -27,7 +27,11 @@ types, buffering, DDP/DeepSpeed) to TRL:
   shuffle, split into micro-batches and buffer over ``steps_per_generation`` move them with their rows.
 - ``_get_per_token_logps_and_entropies``: with audio, TRL's own function per chunk of rows, on the
   model bound to that chunk's features (:class:`_WithAudio`); without, TRL's function unchanged.
-  ``_compute_loss`` (wrapped) provides the batch's features for the policy forward.
+  ``_compute_loss`` (wrapped) provides the batch's features for the policy forward. Under FSDP2 the function
+  first gathers an LM head that is a sharding unit of its own (:func:`unshard_output_head`), on text batches too.
+- ``create_accelerator_and_postprocess`` (public, wrapped): accelerate selects FSDP for GPU launches only; on a
+  machine without CUDA an ``accelerate launch --use_fsdp`` run is switched to it (:func:`adrpo.cpu_fsdp.fsdp_on_cpu`),
+  as the flow trainer's is, so that the sharded path is tested on CPU processes (tests/test_llm_sharded.py).
 
 On a text-only batch every override is TRL's code path exactly (tests/test_audio.py compares each
 with a stock trainer); on an audio batch the per-token log-probs equal a direct forward of the
@@ -54,8 +58,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.fsdp import FSDPModule
 from trl import GRPOTrainer
 
+from adrpo.cpu_fsdp import fsdp_on_cpu
 from adrpo.data.audio_clips import load_clip  # the clip readers live in adrpo.data
 from adrpo.errors import ConfigError
 from adrpo.llm.audio_features import extracting_each_clip_once, share_repeated_clips
@@ -220,6 +226,23 @@ def _refuse_unsupported(audio_sets: list[str], values: Mapping[str, Any]) -> Non
                           f"not with {', '.join(names)}")
 
 
+def unshard_output_head(model: Any) -> None:
+    """Under FSDP2, gather ``model``'s LM head if it is a sharding unit of its own; a no-op otherwise.
+
+    accelerate makes the head its own unit when it is not tied to the input embeddings and the final norm is no
+    child of the base model (Qwen2-Audio: the norm sits in ``language_model``); TRL's fused LM head
+    (``add_fused_lm_head``) reads ``lm_head.weight`` without calling the module, so FSDP2's hooks never run for
+    it. A sharded weight is then gathered with ``DTensor.full_tensor()``, whose backward keeps each process's own
+    gradient rows, unreduced: on 2 CPU processes, in a step of two micro-batches, the head's gradient was 65 % off
+    DDP's while every other one was equal (tests/test_llm_sharded.py). Gathered here first, the weight is a plain
+    tensor and its gradient the unsharded one, which FSDP2's end-of-backward callback reduce-scatters like any
+    other. The head then stays gathered until that backward, as accelerate's FSDP2 keeps it after a forward anyway.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, FSDPModule):
+        head.unshard()
+
+
 class _WithAudio:
     """``model`` called with the audio features of the rows it scores added to its inputs."""
 
@@ -264,6 +287,16 @@ class AudioGRPOTrainer(ExactResume, GRPOTrainer):
             self.generation_kwargs["suppress_tokens"] = suppressed
             self.generation_config.suppress_tokens = suppressed
         self._audio_checked = bool(audio_sets)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """transformers' Accelerator; without CUDA, an ``accelerate launch --use_fsdp`` run on several processes gets
+        FSDP with the launch's plugin (:func:`adrpo.cpu_fsdp.fsdp_on_cpu`; accelerate would give plain DDP over
+        gloo), and transformers' ``is_fsdp_enabled``, which it and TRL read to shard the policy and the reference,
+        follows. transformers' own checks of FSDP settings made in this method (activation checkpointing given twice,
+        ``save_only_model`` with sharded state dicts) are not repeated for such a run. No-op with CUDA."""
+        super().create_accelerator_and_postprocess()
+        if fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -329,6 +362,7 @@ class AudioGRPOTrainer(ExactResume, GRPOTrainer):
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
         """TRL's function; with audio, applied per chunk of ``batch_size`` rows to the model bound to the chunk's
         features. ``input_ids`` (B, P + C); returns log-probs (B, C), entropies (B, C) or None, aux loss or None."""
+        unshard_output_head(model)
         features = self._audio_inputs
         if features is None:
             return super()._get_per_token_logps_and_entropies(

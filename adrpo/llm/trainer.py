@@ -18,6 +18,10 @@ With ``sync_ref_model`` (TRL's moving reference) TRL's ``kl`` measures the diver
 reference only. ADRPOTrainer then also logs ``kl_base`` (``eval_kl_base`` in TRL's evaluation), the same
 estimator against a frozen copy of the base: see :meth:`ADRPOTrainer._get_per_token_logps_and_entropies`.
 A run stopped after a checkpoint resumes exactly (:mod:`adrpo.llm.resume`).
+
+Under DeepSpeed ZeRO-3 and FSDP2 nothing here changes: TRL shards the reference and gathers the policy for
+generation; what sharding asks of the overrides is in :mod:`adrpo.llm.audio`. tests/test_llm_sharded.py runs
+both engines on two CPU processes against one.
 """
 
 from __future__ import annotations
