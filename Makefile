@@ -74,6 +74,7 @@ bench: install
 	$(PY) benchmarks/audio_features.py
 	$(PY) benchmarks/lora_memory.py
 	$(PY) benchmarks/lora_memory.py --model flux
+	$(PY) benchmarks/sharding.py
 
 # The first check on a CUDA device (real-size SD3-medium, FLUX.1-dev and Qwen2.5-7B shapes, random weights); without one it says so.
 gpu-check: install

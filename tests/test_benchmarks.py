@@ -40,3 +40,28 @@ def test_timed_inside_records_one_value_per_part_and_step_and_restores_the_calls
         assert name not in vars(owner)  # the class's method again
     trainer.step()
     assert [len(values) for values in inside.values()] == [3, 3, 3]
+
+
+@pytest.mark.timeout(300)
+def test_sharding_benchmark_counts_half_the_bytes_per_process_under_fsdp2(tmp_path):
+    """benchmarks/sharding.py --quick (three launches of the tiny digits MLP): every launch steps, and each FSDP2
+    process holds half of DDP's policy and reference bytes (the byte counts are exact; the speeds are only printed)."""
+    import json
+    import subprocess
+
+    out = tmp_path / "sharding.json"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "sharding.py"), "--quick", "--out", str(out)], capture_output=True,
+                            text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["ratio_policy_bytes"] == pytest.approx(0.5, abs=0.01)  # rows padded to equal shards: just above 0.5
+    assert report["ratio_reference_bytes"] == pytest.approx(0.5, abs=0.01)
+    ddp, fsdp = report["bytes"]["DDP, 2"], report["bytes"]["FSDP2, 2"]
+    assert ddp["parameters"] == ddp["whole_parameters"] and ddp["optimizer_state"] >= 2 * ddp["parameters"]  # moments whole
+    assert fsdp["gradients"] == fsdp["parameters"] < ddp["parameters"]
+    steps = report["settings"]["warmup"] + report["settings"]["steps"]
+    for name, rounds in report["runs"].items():
+        for reports in rounds:
+            assert len(reports) == (1 if name == "1 process" else 2)
+            assert all(r["optimizer_steps"] == steps and r["timed_seconds"] > 0 for r in reports)
+    assert "ratio FSDP2 / DDP policy bytes per process" in result.stdout
