@@ -2,8 +2,8 @@
 weights, bit for bit, and logs the same rows as a run never stopped (:mod:`adrpo.llm.resume`).
 
 The stop is in-process: a callback sets ``should_training_stop`` in ``on_save``, so the run ends with the
-checkpoint as its last write, which is what a ``kill -9`` right after the save leaves (a real ``kill -9`` of
-``adrpo grpo train`` was checked by hand the same way). The scenario is chosen to need all three parts of the
+checkpoint as its last write, which is what a ``kill -9`` right after the save leaves; the last test kills
+``adrpo grpo train`` with SIGKILL for real and resumes it with ``--resume``. The scenario is chosen to need all three parts of the
 fix: two epochs (the sampler's permutation of epoch 1), ``steps_per_generation = 2`` with the checkpoint inside
 a generation buffer, and TRL's moving reference. Stock TRL diverges on it (checked too), so the test is not
 passing by luck. transformers' final summary row (train_loss, runtimes) is per ``train()`` call and left out.
@@ -13,12 +13,21 @@ transformers' own resume loads none of them.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from datasets import Dataset
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
@@ -178,3 +187,48 @@ def test_resume_takes_the_newest_checkpoint_whose_save_finished(tmp_path):
     (tmp_path / "checkpoint-final").mkdir()
     assert newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # by number, not by name (10 > 2)
     assert newest_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
+def grpo_train_command(folder: Path, model_path: Path, output_dir: Path, *extra: str) -> list[str]:
+    """`adrpo grpo train` on a recipe in ``folder``: 16 steps of ADRPO, one prompt of 4 a step (4 epochs), a
+    checkpoint every 4 steps."""
+    (folder / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (folder / "run.yaml").write_text(yaml.safe_dump({
+        "model_name_or_path": str(model_path), "trainer": "adrpo", "dataset": {"path": "prompts.jsonl"}, "monitor": "off",
+        "rewards": [{"type": "format", "pattern": "[0-9]{2,}"}],
+        "args": {"output_dir": str(output_dir), "max_steps": 16, "save_strategy": "steps", "save_steps": 4, "logging_steps": 1,
+                 "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 6, "learning_rate": 1e-2,
+                 "beta": 0.04, "seed": 0, "report_to": "none", "use_cpu": True, "disable_tqdm": True},
+    }))
+    return [sys.executable, "-m", "adrpo.cli", "grpo", "train", "--config", str(folder / "run.yaml"), *extra]
+
+
+def final_state(output_dir: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The saved model and the last checkpoint's logged rows, without their wall-clock timing."""
+    history = json.loads((output_dir / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    return load_file(output_dir / "model.safetensors"), [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+@pytest.mark.timeout(300)
+def test_grpo_train_killed_after_a_checkpoint_and_resumed_ends_as_a_run_never_killed(model_path, tmp_path):
+    """`adrpo grpo train` killed with SIGKILL once its first checkpoint is written (wherever the run is then: a later
+    checkpoint may be half written), then `--resume`: the same saved weights, bit for bit, and the same logged rows."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "whole").mkdir()
+    subprocess.run(grpo_train_command(tmp_path / "whole", model_path, tmp_path / "whole" / "out"), check=True, env=env,
+                   capture_output=True, timeout=240)
+    (tmp_path / "killed").mkdir()
+    output_dir = tmp_path / "killed" / "out"
+    command = grpo_train_command(tmp_path / "killed", model_path, output_dir)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None and not (output_dir / "checkpoint-4" / "trainer_state.json").exists():
+        time.sleep(0.01)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (output_dir / "model.safetensors").exists()
+    subprocess.run([*command, "--resume"], check=True, env=env, capture_output=True, timeout=240)
+
+    whole_weights, whole_rows = final_state(tmp_path / "whole" / "out")
+    weights_after_kill, rows_after_kill = final_state(output_dir)
+    assert bitwise_equal(weights_after_kill, whole_weights)
+    assert len(whole_rows) == 16 and rows_after_kill == whole_rows
