@@ -202,9 +202,11 @@ def _flow_run(args: argparse.Namespace, *, trackers: bool = True):
     TensorBoard/wandb run (for commands that only read the run)."""
     from adrpo.experiments.train import TrainSpec
     from adrpo.flow.trainer import FlowTrainer
+    from adrpo.settings import check_output_dir
     from adrpo.tasks import build_task
 
     spec = TrainSpec.from_dict(_config_values(args))
+    check_output_dir(spec.config.output_dir, field="trainer.output_dir")  # before the task builds (or pretrains) anything
     for key in ("prompts", "eval_prompts"):
         value = spec.task_args.get(key)
         if isinstance(value, str):

@@ -84,6 +84,16 @@ def test_grpo_train_refuses_an_output_dir_that_is_a_file_or_cannot_be_created(tm
     assert "args.output_dir 'taken/run' cannot be created: " in err and "taken' is a file" in err
 
 
+def test_fm_train_refuses_an_output_dir_that_is_a_file_or_cannot_be_created(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    for output_dir, message in (("taken", "trainer.output_dir 'taken' is a file, not a folder"),
+                                ("taken/run", "trainer.output_dir 'taken/run' cannot be created: ")):
+        err = one_line_error(capsys, ["fm", "train", "--preset", "digits-train", "--set", f"trainer.output_dir={output_dir}"])
+        assert message in err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 def test_grpo_train_refuses_a_model_that_is_neither_a_folder_nor_on_the_hub(tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
 
