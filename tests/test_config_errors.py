@@ -209,3 +209,13 @@ def test_grpo_train_refuses_a_missing_reward_model_and_a_missing_config(tmp_path
     err = one_line_error(capsys, ["grpo", "train", "--config", str(config), "--set", "rewards=[math_answer]"])
     assert "rewards must be a list of mappings such as {type: math_answer, weight: 1.0}, got ['math_answer']" in err
     assert "--config 'nope.yaml': no such file" in one_line_error(capsys, ["grpo", "train", "--config", "nope.yaml"])
+
+
+def test_a_flow_spec_refuses_a_top_level_monitor_it_would_ignore():
+    from adrpo.experiments.spec import ExperimentSpec
+
+    methods = [{"label": "ADRPO-FM", "method": "adrpo"}]
+    with pytest.raises(ConfigError, match=r"monitor: 'stop' applies to LLM runs; a flow run's monitor is trainer.monitor"):
+        ExperimentSpec.from_dict({"task": "digits", "methods": methods, "monitor": "stop"})
+    assert ExperimentSpec.from_dict({"task": "digits", "methods": methods, "trainer": {"monitor": "stop"}}).trainer["monitor"] == "stop"
+    assert ExperimentSpec.from_dict({"task": "arithmetic", "methods": [{"label": "GRPO", "trainer": "grpo"}], "monitor": "stop"}).monitor == "stop"

@@ -78,6 +78,9 @@ class ExperimentSpec:
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an int >= 1, got {self.workers!r}")
         self.monitor = normalised_monitor(self.monitor)
+        if self.kind == "flow" and self.monitor != "warn":  # FlowTrainer reads its own field; this one would do nothing
+            raise ConfigError(f"monitor: {self.monitor!r} applies to LLM runs; a flow run's monitor is trainer.monitor "
+                              "(trainer: {monitor: ...})")
         labels = [c.label for c in self.configurations()]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
