@@ -191,6 +191,50 @@ def test_cli_grpo_train_saves_the_model(model_path, jsonl, tmp_path, capsys):
     ]
 
 
+LORA = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}
+
+
+@pytest.mark.parametrize("kind, args, peft", [("adrpo", {}, None), ("grpo", {"activation_checkpointing": True}, None), ("adrpo", {}, LORA)],
+                         ids=["adrpo", "grpo-checkpointing", "adrpo-peft"])
+def test_cli_grpo_train_raises_no_future_warning(model_path, jsonl, tmp_path, kind, args, peft):
+    """Two steps of `adrpo grpo train` show no FutureWarning: transformers' for the old checkpointing names, which
+    TRL calls at every generation (with checkpointing on: disable and enable too) and peft when it wraps the model,
+    are ignored (adrpo.llm.trl_deprecations); our own arguments use the current names."""
+    values = recipe(model_path, jsonl, tmp_path / "out", trainer=kind, **({"peft": peft} if peft else {}))
+    values["args"].update(args)
+    config = tmp_path / "grpo.yaml"
+    config.write_text(yaml.safe_dump(values))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.main(["grpo", "train", "--config", str(config)])
+    assert not [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, FutureWarning)]
+
+
+def test_trl_checkpointing_deprecations_are_ignored_and_nothing_else(model_path):
+    """Only transformers' modeling_utils warnings for the three old names are ignored: the same text raised from
+    elsewhere (transformers' deprecated `TrainingArguments.gradient_checkpointing` is raised from training_args) shows.
+    Called again, the filter is not added twice (a change to the filters would reset Python's once-only registry)."""
+    from transformers import AutoModelForCausalLM
+
+    from adrpo.llm.trl_deprecations import ignore_trl_checkpointing_deprecations
+
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ignore_trl_checkpointing_deprecations()
+        installed = list(warnings.filters)
+        ignore_trl_checkpointing_deprecations()  # at every generation: the filters stay as they are
+        assert warnings.filters == installed
+        assert model.is_gradient_checkpointing is False
+        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_disable()
+        assert not caught
+        warnings.warn_explicit("`gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, "training_args.py", 1,
+                               module="transformers.training_args")
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)  # from here
+    assert len(caught) == 2
+
+
 def test_cli_grpo_train_config_error_exits_2(model_path, jsonl, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(recipe(model_path, jsonl, tmp_path / "out", trainer="ppo")))

@@ -2,8 +2,8 @@
 
 TRL 1.16's GRPOTrainer knows images only: it keeps the ``image``/``images`` columns, and passes
 a fixed list of image arguments to its log-prob forward. :class:`AudioGRPOTrainer` adds audio
-with small overrides and leaves every other part (sampling, rewards, advantages, the loss
-types, buffering, DDP/DeepSpeed) to TRL:
+with small overrides (:class:`AudioPath`) and leaves every other part (sampling, rewards, advantages,
+the loss types, buffering, DDP/DeepSpeed) to TRL:
 
 - ``__init__`` (wrapped): the audio columns of the train and eval datasets are made readable
   (:func:`readable_audio`: ``datasets.Audio`` columns undecoded, read with soundfile; lists of samples
@@ -65,7 +65,9 @@ from adrpo.cpu_fsdp import fsdp_on_cpu
 from adrpo.data.audio_clips import load_clip  # the clip readers live in adrpo.data
 from adrpo.errors import ConfigError
 from adrpo.llm.audio_features import extracting_each_clip_once, share_repeated_clips
+from adrpo.llm.base_kl import KLToBase
 from adrpo.llm.resume import ExactResume
+from adrpo.llm.trl_deprecations import ignore_trl_checkpointing_deprecations
 
 AUDIO_COLUMN = "audio"
 FEATURE_KEYS = ("input_features", "feature_attention_mask")
@@ -254,18 +256,14 @@ class _WithAudio:
         return self.model(**inputs, **self.features)
 
 
-class AudioGRPOTrainer(ExactResume, GRPOTrainer):
-    """GRPOTrainer that also trains audio-language models on rows with an ``audio`` column.
-
-    Takes exactly GRPOTrainer's arguments; the processor (``processing_class``, by default the
-    model's ``AutoProcessor``) must have a ``feature_extractor``. See the module docstring. Also
-    :class:`adrpo.llm.resume.ExactResume`, so a run of fixed-β GRPO (``trainer: grpo``) resumes exactly too.
-    """
+class AudioPath:
+    """Mix into a GRPOTrainer subclass (before it in the bases) for the audio path; see the module docstring."""
 
     _audio_inputs: dict[str, torch.Tensor] | None = None  # the features of the rows being scored
     _batch_clips: list[np.ndarray] | None = None  # the clips of the batch being generated, one per prompt
 
     def __init__(self, model, *args, **kwargs):
+        ignore_trl_checkpointing_deprecations()  # before TRL's __init__, in which peft reads one of them
         bound = inspect.signature(GRPOTrainer.__init__).bind(self, model, *args, **kwargs)
         values = bound.arguments
         for key in ("train_dataset", "eval_dataset"):
@@ -304,6 +302,7 @@ class AudioGRPOTrainer(ExactResume, GRPOTrainer):
             self._signature_columns = [*self._signature_columns, AUDIO_COLUMN]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        ignore_trl_checkpointing_deprecations()  # TRL's generation calls them; a no-op unless a caller's filters dropped it
         wheres = [f"batch row {i}" + (f" (id {str(row['id'])!r})" if row.get("id") is not None else "") for i, row in enumerate(inputs)]
         payloads = [_audio_payload(row, where) for row, where in zip(inputs, wheres)]
         if all(p is None for p in payloads):
@@ -386,3 +385,13 @@ class AudioGRPOTrainer(ExactResume, GRPOTrainer):
         entropies = torch.cat([c[1] for c in chunks]) if compute_entropy else None
         aux_loss = torch.stack([c[2] for c in chunks]).mean() if compute_aux_loss else None
         return logps, entropies, aux_loss
+
+
+class AudioGRPOTrainer(KLToBase, AudioPath, ExactResume, GRPOTrainer):
+    """GRPOTrainer that also trains audio-language models on rows with an ``audio`` column (:class:`AudioPath`).
+
+    Takes exactly GRPOTrainer's arguments; the processor (``processing_class``, by default the model's
+    ``AutoProcessor``) must have a ``feature_extractor``. A run of fixed-β GRPO (``trainer: grpo``) resumes exactly
+    (:class:`adrpo.llm.resume.ExactResume`) and with ``sync_ref_model`` logs ``kl_base``
+    (:class:`adrpo.llm.base_kl.KLToBase`, before the audio path so that it scores the base on the audio rows too).
+    """

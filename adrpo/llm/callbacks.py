@@ -2,8 +2,8 @@
 evaluation every N steps (:class:`HeldOutEvaluation`).
 
 :class:`CollapseMonitorCallback` feeds every ``on_log`` dict (TRL's GRPOTrainer hands it
-``reward``, ``kl``, ``entropy``, ``frac_reward_zero_std``, ``adrpo/frac_negative``, ``kl_base`` (ADRPOTrainer with
-``sync_ref_model``), ... for
+``reward``, ``kl``, ``entropy``, ``frac_reward_zero_std``, ``adrpo/frac_negative``, ``kl_base`` (GRPO or ADRPO
+with ``sync_ref_model``, :mod:`adrpo.llm.base_kl`), ... for
 training and the same keys with an ``eval_`` prefix for evaluation) with
 ``step = state.global_step`` to the detector. Policy ``warn`` logs each alarm; ``stop`` sets
 ``control.should_save`` and ``control.should_training_stop``, so that the Trainer writes
@@ -116,7 +116,7 @@ def policy_evaluation(evaluate_policy: Callable[..., dict[str, float]], referenc
     """A :class:`HeldOutEvaluation` of a task's ``evaluate_policy(model, reference, processing, rows, *, group,
     max_new_tokens, seed)``, the reference moved to the policy's device at each evaluation. ``reference`` is the
     caller's model, not TRL's ``ref_model``: the tasks pass the base model from its folder, which ``sync_ref_model``
-    never moves, so the held-out ``kl`` is the drift from the base (the training rows' ``kl_base``, see :class:`adrpo.llm.trainer.ADRPOTrainer`)."""
+    never moves, so the held-out ``kl`` is the drift from the base (the training rows' ``kl_base``, see :mod:`adrpo.llm.base_kl`)."""
 
     def evaluate(model) -> dict[str, float]:
         return evaluate_policy(model, reference.to(model.device), processing, rows, group=group, max_new_tokens=max_new_tokens, seed=seed)

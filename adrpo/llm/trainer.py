@@ -15,8 +15,8 @@ and that with coefficients differing per completion they equal stock GRPO run on
 alone with beta set to its own coefficient.
 
 With ``sync_ref_model`` (TRL's moving reference) TRL's ``kl`` measures the divergence from the current
-reference only. ADRPOTrainer then also logs ``kl_base`` (``eval_kl_base`` in TRL's evaluation), the same
-estimator against a frozen copy of the base: see :meth:`ADRPOTrainer._get_per_token_logps_and_entropies`.
+reference only; ADRPOTrainer then also logs ``kl_base``, the same estimator against a frozen copy of the base, as
+fixed-β GRPO does (:mod:`adrpo.llm.base_kl`, in both through :class:`adrpo.llm.audio.AudioGRPOTrainer`).
 A run stopped after a checkpoint resumes exactly (:mod:`adrpo.llm.resume`).
 
 Under DeepSpeed ZeRO-3 and FSDP2 nothing here changes: TRL shards the reference and gathers the policy for
@@ -26,8 +26,6 @@ both engines on two CPU processes against one.
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -105,30 +103,13 @@ class ADRPOTrainer(AudioGRPOTrainer):
     """GRPOTrainer whose KL coefficient is β0 − clip(adv_coef_scale·A) per completion.
 
     Takes exactly GRPOTrainer's arguments, with ``args`` an :class:`adrpo.llm.config.ADRPOConfig`. Derives from
-    :class:`adrpo.llm.audio.AudioGRPOTrainer` (stock TRL on text and image batches), so audio rows train too and a
-    resumed run continues exactly (:class:`adrpo.llm.resume.ExactResume`).
+    :class:`adrpo.llm.audio.AudioGRPOTrainer` (stock TRL on text and image batches), so audio rows train too, a
+    resumed run continues exactly (:class:`adrpo.llm.resume.ExactResume`), and with ``sync_ref_model`` it logs
+    ``kl_base``, the KL to the base model, as fixed-β GRPO does (:class:`adrpo.llm.base_kl.KLToBase`).
     Logs ``adrpo/coef_mean``, ``adrpo/coef_min``, ``adrpo/coef_max``, ``adrpo/frac_clipped`` and
     ``adrpo/frac_negative`` beside TRL's ``kl`` and ``entropy``: min and max over every completion
-    of the logging interval on every process, the others means over them. With ``sync_ref_model`` also
-    ``kl_base``, the KL to the base model (TRL's ``kl`` is then the KL to the moving reference).
+    of the logging interval on every process, the others means over them.
     """
-
-    base_model: torch.nn.Module | None = None  # the frozen base, only with sync_ref_model
-    _base_scores: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # filled while _compute_loss runs
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.args.sync_ref_model:
-            self.base_model = self._frozen_base()
-
-    def _frozen_base(self) -> torch.nn.Module | None:
-        """A frozen copy of TRL's reference taken before its first sync, i.e. the base model (also on a resume:
-        TRL rebuilds the reference from the model's path, and the checkpoint's reference is loaded later)."""
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            warnings.warn("kl_base is not logged under DeepSpeed or FSDP (the reference is sharded there)", stacklevel=3)
-            return None
-        base = copy.deepcopy(self.accelerator.unwrap_model(self.ref_model)).eval()
-        return base.requires_grad_(False)
 
     def _compute_loss(self, model, inputs):
         if self.beta == 0.0:  # β0 = 0 with a zero clip range: plain GRPO
@@ -140,55 +121,8 @@ class ADRPOTrainer(AudioGRPOTrainer):
             args.adv_coef_scale * per_completion, beta0=self.beta, a_min=args.adv_clip_min, a_max=args.adv_clip_max
         )
         self._log_coefficient(diagnostics)
-        if self.base_model is None:
-            with self._per_sample_beta(coefficient.unsqueeze(1)):
-                return super()._compute_loss(model, inputs)
-        self._base_scores = []
-        try:
-            with self._per_sample_beta(coefficient.unsqueeze(1)):
-                loss = super()._compute_loss(model, inputs)
-            (logps, base_logps), = self._base_scores
-        finally:
-            self._base_scores = None
-        self._log_kl_base(inputs, logps, base_logps)
-        return loss
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """TRL's function (with the audio path); inside ``_compute_loss`` with a frozen base, its first call (the
-        policy's forward) also scores the same rows with the base, under ``no_grad``, into ``_base_scores``.
-
-        Why here: the policy's log-probs of the batch exist only inside TRL's ``_compute_loss``, and this is the
-        call that makes them, with the batch's multimodal inputs bound. The cost is what measuring against the base
-        on every training row needs at least: one frozen copy (the memory of one more reference, allocated only with
-        ``sync_ref_model``) and a no-grad forward of each micro-batch, the rows TRL's reference forward scores once
-        per generation (scored ``num_iterations`` times here when that is > 1). The held-out
-        evaluations of the miniatures (:mod:`adrpo.tasks.arithmetic`, :mod:`adrpo.tasks.audio_qa`) already measure
-        their ``kl`` against the base model loaded from its folder, never synced, but only every N steps."""
-        out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
-        if self._base_scores is not None and not self._base_scores:
-            with torch.no_grad():
-                base_logps, _, _ = super()._get_per_token_logps_and_entropies(
-                    self.base_model, input_ids, attention_mask, logits_to_keep, *args,
-                    **{**kwargs, "compute_entropy": False, "compute_aux_loss": False})
-            self._base_scores.append((out[0].detach(), base_logps))
-        return out
-
-    def _log_kl_base(self, inputs, logps: torch.Tensor, base_logps: torch.Tensor) -> None:
-        """``kl_base``: TRL's ``kl`` estimator with the base in place of the reference, so that the two are equal
-        until the reference first moves. Per token k3 = exp(Δ) − Δ − 1, Δ = log π_base − log π (B, T), times the
-        importance ratio π/π_old when ``use_bias_correction_kl``; the masked mean over tokens of every process."""
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]  # (B, T)
-        delta = base_logps - logps
-        per_token = torch.exp(delta) - delta - 1  # (B, T)
-        if self.args.use_bias_correction_kl:
-            old = inputs.get("old_per_token_logps")
-            log_ratio = logps - (logps if old is None else old)  # (B, T)
-            if self.importance_sampling_level == "sequence":
-                log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (B, 1)
-            per_token = per_token * torch.exp(log_ratio)
-        totals = self.accelerator.reduce(torch.stack([(per_token * mask).sum(), mask.sum().float()]), reduction="sum")
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["kl_base"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        with self._per_sample_beta(coefficient.unsqueeze(1)):
+            return super()._compute_loss(model, inputs)
 
     @contextmanager
     def _per_sample_beta(self, coefficient: torch.Tensor) -> Iterator[None]:
