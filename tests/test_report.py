@@ -34,7 +34,7 @@ JITTER = (0.0, 0.1, -0.1)  # per-seed offsets of a diversity
 def run(label: str, family: str, role: str, seed: int, final: dict, **extra) -> dict:
     return {"label": label, "family": family, "role": role, "seed": seed, "config_hash": "0" * 8, "directory": "",
             "config": {}, "trajectory": [{"step": 0, **BASE}, {"step": 10, **final}], "alarms": [], "train_log": None,
-            "samples": None, **extra}
+            "samples": None, "target_step": 10, **extra}
 
 
 def sweep_results() -> dict:
@@ -171,7 +171,7 @@ def test_no_fronts_without_both_an_adaptive_and_a_baseline_configuration(tmp_pat
 def test_llm_results_compare_on_kl_and_plot_trajectories(tmp_path):
     def llm_run(label: str, role: str, seed: int, reward: float, kl: float) -> dict:
         base = {"reward": 0.2, "kl": 0.0, "entropy": 1.0, "diversity": 0.5}
-        return {**run(label, label.split()[0], role, seed, {}), "trajectory": [
+        return {**run(label, label.split()[0], role, seed, {}), "target_step": 5, "trajectory": [
             {"step": 0, **base}, {"step": 5, **base, "reward": reward, "kl": kl}]}
 
     runs = [llm_run(label, role, seed, reward, kl) for seed in (0, 1)

@@ -10,7 +10,11 @@ trainers' public API.
   :class:`adrpo.llm.audio.AudioGRPOTrainer` (``trainer: grpo``; stock TRL on text), or
   :class:`adrpo.llm.trainer.ADRPOTrainer` (``trainer: adrpo``) with a held-out evaluation
   callback (``eval: {steps, group, prompts}``) and the collapse monitor of ``spec.monitor``. Each
-  task module offers the same five names (:data:`LLM_TASKS`).
+  task module offers the same five names (:data:`LLM_TASKS`). A run checkpoints every ``eval.steps``
+  steps and resumes from its newest finished checkpoint, exactly (:mod:`adrpo.experiments.llm_resume`).
+
+Every result records the step its run was to end at (``target_step``: flow ``num_steps``, LLM the
+trainer's ``max_steps``), so that a run that ended before it stays out of the fronts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adrpo.errors import ConfigError
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     from adrpo.experiments.engine import Job, RunResult
 
 CPU_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "use_cpu": True}
+EVAL_STEPS = 10  # an LLM run's default evaluation (and checkpoint) interval
 PLACEHOLDER_DIR = "<run directory>"
 
 
@@ -48,6 +54,14 @@ class Backend(Protocol):
     def target_step(self, config: dict[str, Any]) -> int | None:
         """The step a run of this (resolved, ``to_dict``) trainer config is to end at (None: not known
         from the config alone)."""
+        ...
+
+    def checkpoint(self, directory: Path) -> Path | None:
+        """The checkpoint a run in ``directory`` resumes from (None: it starts afresh)."""
+        ...
+
+    def finish(self, directory: Path) -> None:
+        """Called once the run's result is saved: remove what a finished run no longer needs."""
         ...
 
 
@@ -91,6 +105,14 @@ class FlowBackend:
 
     def target_step(self, config: dict[str, Any]) -> int:
         return int(config["num_steps"])
+
+    def checkpoint(self, directory: Path) -> Path | None:
+        from adrpo.flow.checkpointing import latest_checkpoint
+
+        return latest_checkpoint(directory / "checkpoints")
+
+    def finish(self, directory: Path) -> None:
+        """Nothing: a flow run's checkpoints hold its trained weights (``adrpo fm export``)."""
 
     def prepare(self, spec: ExperimentSpec) -> None:
         from adrpo.tasks import build_task
@@ -159,19 +181,24 @@ class LLMBackend:
     """The LLM miniatures (arithmetic, audio QA) on TRL's GRPOTrainer (fixed β) or ADRPOTrainer."""
 
     def resolve(self, spec: ExperimentSpec, configuration: Configuration, seed: int) -> dict[str, Any]:
-        return non_default_fields(self.args(spec, configuration, seed, PLACEHOLDER_DIR))
+        # without the engine's checkpoints, which change no result: the identity runs had before they were checkpointed
+        return non_default_fields(self.args(spec, configuration, seed, PLACEHOLDER_DIR, checkpoints=False))
 
     @staticmethod
-    def args(spec: ExperimentSpec, configuration: Configuration, seed: int, output_dir: str):
+    def args(spec: ExperimentSpec, configuration: Configuration, seed: int, output_dir: str, *, checkpoints: bool = True):
+        """The run's GRPOConfig / ADRPOConfig; with ``checkpoints``, saving at the engine's cadence
+        (:func:`adrpo.experiments.llm_resume.checkpoint_settings`) unless the spec sets its own."""
         from trl import GRPOConfig
 
+        from adrpo.experiments.llm_resume import checkpoint_settings
         from adrpo.llm.config import ADRPOConfig
 
         kind = configuration.overrides.get("trainer")
         if kind not in ("grpo", "adrpo"):
             raise ConfigError(f"method {configuration.label!r}: trainer must be 'grpo' or 'adrpo', got {kind!r}")
         overrides = {k: v for k, v in configuration.overrides.items() if k != "trainer"}
-        values = {**CPU_DEFAULTS, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
+        saving = checkpoint_settings(spec.eval.get("steps", EVAL_STEPS)) if checkpoints else {"save_strategy": "no"}
+        values = {**CPU_DEFAULTS, "report_to": "none", **saving, "logging_steps": 1,
                   **spec.trainer, **overrides, "seed": seed, "output_dir": output_dir}
 
         def build():
@@ -190,6 +217,16 @@ class LLMBackend:
     def target_step(self, config: dict[str, Any]) -> int | None:
         return int(config["max_steps"]) if config.get("max_steps", -1) > 0 else None  # -1: epochs decide
 
+    def checkpoint(self, directory: Path) -> Path | None:
+        from adrpo.experiments.llm_resume import newest_finished_checkpoint
+
+        return newest_finished_checkpoint(directory)
+
+    def finish(self, directory: Path) -> None:
+        from adrpo.experiments.llm_resume import drop_checkpoints
+
+        drop_checkpoints(directory)
+
     def prepare(self, spec: ExperimentSpec) -> None:
         llm_task(spec.task).base_model_path(self.settings(spec))
 
@@ -203,9 +240,9 @@ class LLMBackend:
 
     def _run(self, spec: ExperimentSpec, job: Job) -> RunResult:
         from datasets import Dataset
-        from transformers import PrinterCallback
 
         from adrpo.experiments.engine import RunResult
+        from adrpo.experiments.llm_resume import ResumableEvaluation, saved_state, training_ended
         from adrpo.llm.audio import AudioGRPOTrainer
         from adrpo.llm.callbacks import monitor_callback
         from adrpo.llm.trainer import ADRPOTrainer
@@ -215,24 +252,38 @@ class LLMBackend:
         path = task.base_model_path(settings)
         train_rows, held_out = task.split_rows(settings)
         args = self.args(spec, job.configuration, job.seed, str(job.directory))
-        trainer_cls = ADRPOTrainer if job.configuration.overrides["trainer"] == "adrpo" else AudioGRPOTrainer
         monitor = monitor_callback(spec.monitor)
-        evaluation = task.evaluation_callback(
-            path, held_out[: spec.eval.get("prompts", 50)], steps=spec.eval.get("steps", 10), group=spec.eval.get("group", 8),
+        evaluation = ResumableEvaluation(task.evaluation_callback(
+            path, held_out[: spec.eval.get("prompts", 50)], steps=spec.eval.get("steps", EVAL_STEPS), group=spec.eval.get("group", 8),
             max_new_tokens=args.max_completion_length, seed=1000 + job.seed, monitor=monitor,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            trainer = trainer_cls(model=str(path), reward_funcs=task.reward_funcs(), args=args,
-                                  train_dataset=Dataset.from_list(train_rows),
-                                  callbacks=[monitor, evaluation] if monitor else [evaluation])  # the monitor resets first
-            trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; TRL's logs stay in log_history
-            trainer.train()
-        logged = [row for row in trainer.state.log_history if "reward" in row]
+        ), monitor)
+        checkpoint = self.checkpoint(job.directory)
+        state = None if checkpoint is None else saved_state(checkpoint)
+        if state is not None:
+            evaluation.restore(state)
+        if state is None or not training_ended(state, monitor):  # TRL would train one step past a run that had ended
+            trainer_cls = ADRPOTrainer if job.configuration.overrides["trainer"] == "adrpo" else AudioGRPOTrainer
+            state = train(trainer_cls, checkpoint, model=str(path), reward_funcs=task.reward_funcs(), args=args,
+                          train_dataset=Dataset.from_list(train_rows),
+                          callbacks=[monitor, evaluation] if monitor else [evaluation])  # the monitor resets first
+        logged = [row for row in state.log_history if "reward" in row]
         keys = ("step", "reward", "kl", "entropy", "adrpo/coef_mean", "adrpo/frac_clipped")
         c = job.configuration
         return RunResult(
             c.label, c.family, c.role, job.seed, job.digest, str(job.directory), args.to_dict(), evaluation.trajectory,
             alarms=None if monitor is None else [alarm.to_dict() for alarm in monitor.alarms],
-            train_log=[{k: row.get(k) for k in keys} for row in logged], target_step=trainer.state.max_steps,
+            train_log=[{k: row.get(k) for k in keys} for row in logged], target_step=state.max_steps,
         )
+
+
+def train(trainer_cls: type, checkpoint: Path | None, **build: Any):
+    """Build ``trainer_cls(**build)`` and train it (from ``checkpoint`` when given) without per-step prints;
+    returns its final ``TrainerState``."""
+    from transformers import PrinterCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = trainer_cls(**build)
+        trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; TRL's logs stay in log_history
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    return trainer.state

@@ -8,17 +8,18 @@ changed setting never reuses an old run, and a trainer field added later with a 
 every finished run. Code changes (a changed default included) are not detected: use ``force``.
 A run is complete once its ``result.json`` is written (atomically, last); re-running or
 extending an experiment loads complete runs instead of training them again (and says how many
-it loaded and how many it trains), resumes incomplete flow runs from their newest checkpoint,
-and ``force=True`` retrains everything. The spec's own fields are each either part of a run's
+it loaded and how many it trains), resumes incomplete runs from their newest checkpoint (flow:
+``checkpoints/step-N``; LLM: TRL's ``checkpoint-N``, removed once the result is written), and
+``force=True`` retrains everything. The spec's own fields are each either part of a run's
 identity or declared result-neutral (:data:`IDENTITY_FIELDS`, :data:`RESOLVED_FIELDS`,
 :data:`RESULT_NEUTRAL_FIELDS`; a test keeps the three complete).
 
 Ctrl-C stops an experiment promptly: runs not started are cancelled, running worker processes
-are killed (each resumes on the next call: flow runs from their newest checkpoint, LLM runs from
-the start), and :class:`Interrupted` (a ``KeyboardInterrupt``) says what finished and how to
-resume. Worker processes ignore SIGINT themselves, so that only this process decides. The
-collapse monitor's messages (logger ``adrpo.monitor``) of every run, in this process or a
-worker, are written through the progress bar (``tqdm.write``), prefixed by the run.
+are killed (each resumes from its newest checkpoint on the next call), and :class:`Interrupted`
+(a ``KeyboardInterrupt``) says what finished and how to resume. Worker processes ignore SIGINT
+themselves, so that only this process decides. The collapse monitor's messages (logger
+``adrpo.monitor``) of every run, in this process or a worker, are written through the progress
+bar (``tqdm.write``), prefixed by the run.
 
 The task-specific halves (how to resolve a configuration, train it and evaluate it) are the
 backends in :mod:`adrpo.experiments.backends`; the results are :class:`RunResult` records.
@@ -71,7 +72,8 @@ class RunResult:
     ``train_log`` the trainer's logged rows where kept (LLM runs); ``samples`` the file of the
     final evaluation's samples inside the run ``directory`` (flow runs), for image grids;
     ``target_step`` the step the run was to end at (a run stopped early by the monitor ends before
-    it: :func:`adrpo.experiments.fronts.is_finished`).
+    it: :func:`adrpo.experiments.fronts.is_finished`), required of every result and checked here,
+    since a result without one could not be told from a finished run.
     """
 
     label: str
@@ -85,7 +87,12 @@ class RunResult:
     alarms: list[dict[str, Any]] | None = None
     train_log: list[dict[str, Any]] | None = None
     samples: str | None = None
-    target_step: int | None = None
+    target_step: int = dataclasses.field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_step, bool) or not isinstance(self.target_step, int) or self.target_step < 0:
+            raise ValueError(f"{self.label!r} seed {self.seed}: target_step must be the step the run was to end at "
+                             f"(an int >= 0), got {self.target_step!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,21 +154,29 @@ def plan(spec: ExperimentSpec) -> list[Job]:
 
 def load_complete(spec: ExperimentSpec, job: Job) -> RunResult | None:
     """The job's saved result when its run finished with this configuration, else None; its label,
-    family and role are the job's (a relabelled method keeps its finished runs), and a result saved
-    before target steps were recorded gets its config's."""
+    family and role are the job's (a relabelled method keeps its finished runs).
+
+    A result saved before target steps were recorded gets its config's (flow ``num_steps``, LLM
+    ``max_steps``); one whose config gives none (an LLM run whose epochs set its length) is trained
+    again, with a line saying so: whether it ran to its end cannot be told, and a guess either way
+    would put a run stopped early into the fronts or leave a configuration out of them for good.
+    """
     from adrpo.experiments.backends import backend_for
 
     path = job.directory / RESULT_FILE
     if not path.is_file():
         return None
     values = json.loads(path.read_text())
-    if "target_step" not in values:
-        values["target_step"] = backend_for(spec).target_step(values["config"])
-    result = RunResult.from_dict(values)
-    if result.config_hash != job.digest:
+    if values["config_hash"] != job.digest:
         return None
+    if values.get("target_step") is None:
+        values["target_step"] = backend_for(spec).target_step(values["config"])
+        if values["target_step"] is None:
+            print(f"{job.configuration.label!r} seed {job.seed}: its saved result records no target step and its config "
+                  "gives none (max_steps unset): training it again", file=sys.stderr)
+            return None
     c = job.configuration
-    return dataclasses.replace(result, label=c.label, family=c.family, role=c.role)
+    return dataclasses.replace(RunResult.from_dict(values), label=c.label, family=c.family, role=c.role)
 
 
 def save_result(job: Job, result: RunResult) -> None:
@@ -199,12 +214,14 @@ def run_job(spec: ExperimentSpec, job: Job, *, force: bool, threads: int | None)
     """Train one job (from scratch with ``force``, else resuming what its directory holds)."""
     from adrpo.experiments.backends import backend_for
 
+    backend = backend_for(spec)
     if force:
         shutil.rmtree(job.directory, ignore_errors=True)
     job.directory.mkdir(parents=True, exist_ok=True)
     with _monitor_messages_of(job):
-        result = backend_for(spec).run(spec, job, threads=threads)
+        result = backend.run(spec, job, threads=threads)
     save_result(job, result)
+    backend.finish(job.directory)  # after the result: a run killed before it still has its checkpoint
     return result
 
 
@@ -252,8 +269,8 @@ def _interrupted(spec: ExperimentSpec, jobs: list[Job], results: dict[Path, RunR
     return Interrupted(
         f"interrupted: {len(results)} of {len(jobs)} runs are finished ({loaded} loaded, {trained} trained now); "
         f"{running} were running and were stopped, {len(jobs) - len(results) - running} had not started. "
-        f"Run the same command again to resume: finished runs in {spec.output_dir}/runs are loaded, flow runs "
-        "continue from their newest checkpoint, LLM runs start again."
+        f"Run the same command again to resume: finished runs in {spec.output_dir}/runs are loaded, the others "
+        "continue from their newest checkpoint."
     )
 
 
@@ -264,7 +281,10 @@ def run_experiment(spec: ExperimentSpec, *, force: bool = False) -> dict[str, An
     Raises:
         Interrupted: on Ctrl-C (see the module docstring); what finished stays finished.
     """
+    from adrpo.experiments.backends import backend_for
+
     jobs = plan(spec)
+    backend = backend_for(spec)
     results: dict[Path, RunResult] = {}
     if not force:
         for job in jobs:
@@ -273,7 +293,7 @@ def run_experiment(spec: ExperimentSpec, *, force: bool = False) -> dict[str, An
                 results[job.directory] = done
     loaded = len(results)
     todo = [job for job in jobs if job.directory not in results]
-    resuming = sum(1 for job in todo if not force and any((job.directory / "checkpoints").glob("step-*")))
+    resuming = sum(1 for job in todo if not force and backend.checkpoint(job.directory) is not None)
     print(f"runs: {loaded} of {len(jobs)} finished before and loaded from {spec.output_dir}/runs, {len(todo)} to train"
           + (f" ({resuming} resuming from a checkpoint)" if resuming else ""), file=sys.stderr)
     bar = tqdm(total=len(jobs), initial=loaded, desc="runs", dynamic_ncols=True)

@@ -118,19 +118,22 @@ class Points:
 
 
 def is_finished(run: dict[str, Any]) -> bool:
-    """Whether a run's last held-out evaluation is at its target step (a run without a recorded
-    ``target_step``, from before it was recorded, counts as finished)."""
+    """Whether a run's last held-out evaluation is at its recorded ``target_step``. A run without one is
+    not known to have finished and is not: the engine's results always carry it
+    (:class:`adrpo.experiments.engine.RunResult`), so only a hand-made result can lack it."""
     trajectory = run.get("trajectory") or []
     target = run.get("target_step")
-    return bool(trajectory) and (target is None or trajectory[-1]["step"] >= target)
+    return bool(trajectory) and target is not None and trajectory[-1]["step"] >= target
 
 
 def unfinished_runs(results: dict[str, Any]) -> list[str]:
-    """One line per run with a trajectory that stopped short of its target step."""
-    return [
-        f"{run['label']!r} seed {run['seed']}: last evaluation at step {run['trajectory'][-1]['step']} of {run['target_step']}"
-        for run in results["runs"] if run.get("trajectory") and not is_finished(run)
-    ]
+    """One line per run with a trajectory that stopped short of its target step (or records none)."""
+    lines = []
+    for run in results["runs"]:
+        if run.get("trajectory") and not is_finished(run):
+            target = ", no target step recorded" if run.get("target_step") is None else f" of {run['target_step']}"
+            lines.append(f"{run['label']!r} seed {run['seed']}: last evaluation at step {run['trajectory'][-1]['step']}{target}")
+    return lines
 
 
 def _same_row(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
