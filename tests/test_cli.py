@@ -275,8 +275,9 @@ def test_each_command_offers_and_takes_only_its_kind_of_preset(capsys, monkeypat
                for command in ("fm train", "fm export", "fm compare", "grpo", "grpo train", "grpo compare", "sweep")}
     assert offered["fm train"] == offered["fm export"] == ["digits-train", "flux-dev", "flux-dev-full-fsdp2", "flux-tiny", "sd3-medium", "sd3-tiny"]
     assert offered["grpo"] == offered["grpo train"] == [name for name in cli.list_presets() if name.startswith("grpo-")]
-    assert offered["fm compare"] == ["digits", "digits-clip-ablation", "digits-quick", "digits-sweep", "digits-sweep-quick"]
-    assert offered["grpo compare"] == ["arithmetic", "arithmetic-quick", "arithmetic-sweep", "arithmetic-sweep-quick", "audio-qa"]
+    assert offered["fm compare"] == ["digits", "digits-clip-ablation", "digits-moving", "digits-quick", "digits-sweep", "digits-sweep-quick"]
+    assert offered["grpo compare"] == ["arithmetic", "arithmetic-moving", "arithmetic-quick", "arithmetic-sweep", "arithmetic-sweep-quick",
+                                       "audio-qa", "audio-qa-moving"]
     assert offered["sweep"] == sorted(offered["fm compare"] + offered["grpo compare"])
     assert sorted(name for names in (offered["fm train"], offered["grpo"], offered["sweep"]) for name in names) == cli.list_presets()
 
