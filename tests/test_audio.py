@@ -18,14 +18,16 @@ import warnings
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from adrpo.data.audio_clips import load_clip
 from adrpo.errors import ConfigError
-from adrpo.llm import audio
-from adrpo.llm.audio import AudioGRPOTrainer, readable_audio, with_audio_part
+from adrpo.llm import audio, audio_datasets
+from adrpo.llm.audio import AudioGRPOTrainer, with_audio_part
+from adrpo.llm.audio_datasets import readable_audio
 from adrpo.llm.audio_features import OncePerClip, share_repeated_clips
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
@@ -547,6 +549,43 @@ def test_unsupported_audio_setups_are_refused_at_init_from_the_datasets(models, 
             warnings.simplefilter("ignore")
             AudioGRPOTrainer(str(path), vowels, trainer_args(tmp_path), Dataset.from_list(audio_rows()),
                              Dataset.from_list([audio_rows()[0], text_row, audio_rows()[1], text_row]))
+    assert not started
+
+
+def part_rows(tmp_path, with_audio: list[bool]) -> list[dict]:
+    """Rows whose clip (a WAV file) is an audio part of the prompt, or only text where ``with_audio`` is False."""
+    rows = []
+    for i, has in enumerate(with_audio):
+        soundfile.write(tmp_path / f"{i}.wav", clip(i % N_CLIPS), RATE)
+        parts = [{"type": "audio", "audio": str(tmp_path / f"{i}.wav")}] if has else []
+        rows.append({"prompt": [{"role": "user", "content": [*parts, {"type": "text", "text": f"clip {'abcd'[i % N_CLIPS]}"}]}]})
+    return rows
+
+
+def test_prompt_audio_is_found_in_every_row_from_arrow(tmp_path):
+    """Audio parts are found in any row (a text-only row 0 included) and through an index mapping (select), without
+    reading a clip; prompts that cannot hold audio parts give None."""
+    rows = part_rows(tmp_path, [False, True, True, False, True])
+    dataset = Dataset.from_list(rows)
+    assert audio_datasets.prompt_audio_flags(dataset).tolist() == [False, True, True, False, True]
+    assert audio_datasets.prompt_audio_flags(dataset.select([4, 0, 2])).tolist() == [True, False, True]
+    assert audio_datasets.has_audio(dataset) and audio_datasets.rows_without_audio(dataset) == [0, 3]
+    assert not audio_datasets.has_audio(Dataset.from_list(part_rows(tmp_path, [False, False])))
+    assert audio_datasets.prompt_audio_flags(Dataset.from_list([{"prompt": "plain"}])) is None
+    assert audio_datasets.prompt_audio_flags(Dataset.from_list([{"prompt": [{"role": "user", "content": "text"}]}])) is None
+
+
+def test_prompt_audio_after_a_text_row_0_is_refused_at_init(models, tmp_path, monkeypatch):
+    """A dataset whose audio sits in prompt parts from row 1 on is checked at __init__ from all its rows, on every rank
+    alike: rows without a clip are named, and vLLM is refused before TRL's __init__ starts it."""
+    path, _ = models["qwen2_audio"]
+    started = []
+    monkeypatch.setattr(GRPOTrainer, "__init__", functools.wraps(GRPOTrainer.__init__)(lambda self, *a, **k: started.append(1)))
+    rows = part_rows(tmp_path, [False, True, True, True])
+    with pytest.raises(ConfigError, match=r"train_dataset: no audio in row 0, row 4: every row of a dataset with audio parts in its prompts"):
+        build(AudioGRPOTrainer, path, trainer_args(tmp_path), rows)
+    with pytest.raises(ConfigError, match="train_dataset hold audio, which is trained with transformers' generate only; not with use_vllm"):
+        build(AudioGRPOTrainer, path, trainer_args(tmp_path, use_vllm=True), rows[1:])
     assert not started
 
 

@@ -1,9 +1,8 @@
 """A synthetic, seeded multiple-choice audio QA benchmark: a miniature stand-in for MMAU.
 
-Every clip is generated with numpy alone from a seed, so the benchmark needs no download, and
-it is small and quick enough to fine-tune a tiny audio-language model on a CPU. It mimics
-MMAU's *format* and its three categories; it is not a sample of MMAU, and accuracy on it says
-nothing about accuracy on MMAU.
+Every clip is generated with numpy alone from a seed: no download, and small enough to fine-tune a
+tiny audio-language model on a CPU. It mimics MMAU's *format* and its three categories; it is not a
+sample of MMAU, and accuracy on it says nothing about accuracy on MMAU.
 
 **Clips**: 1-D ``np.float32`` arrays of ``round(duration * SAMPLE_RATE)`` samples (16 kHz, the
 rate of Whisper's log-mel features), peak amplitude at most 0.9, with a little seeded white
@@ -37,9 +36,7 @@ function ``(rng, duration) -> (audio, question, choices, answer)``:
   - "Is the voice low or high?" ``["low", "high"]``: f0 in 90 to 130 Hz or 180 to 260 Hz,
     random vowel.
 
-Choices are single short lowercase words (the model's tokenizer is character level).
-
-**Rows** (:func:`make_items`) are plain dicts::
+Choices are single short lowercase words (the model's tokenizer is character level). **Rows** (:func:`make_items`) are plain dicts::
 
     {"id": str, "question": str, "choices": list[str], "answer": str,
      "category": "sound" | "music" | "speech", "audio": np.ndarray}

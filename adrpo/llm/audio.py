@@ -8,10 +8,11 @@ the loss types, buffering, DDP/DeepSpeed) to TRL:
 - ``__init__`` (wrapped): the audio columns of the train and eval datasets are made readable
   (:func:`readable_audio`: ``datasets.Audio`` columns undecoded, read with soundfile; lists of samples
   as numpy arrays, since accelerate would walk a list sample by sample); a dataset with audio (an
-  ``audio`` column, or an audio part in its first row's prompt) is checked here, from the arguments,
-  on every rank and before TRL starts vLLM (see "Refused" below); and the model's audio token is never
-  sampled (TRL suppresses the image token only, and reads ``config.image_token_id``, which
-  Qwen2-Audio's config lacks, so it reads the audio token's id while TRL's ``__init__`` runs).
+  ``audio`` column, or audio parts in its prompts, every row's read from Arrow: :mod:`adrpo.llm.audio_datasets`)
+  is checked here, from the arguments, on every rank and before TRL starts vLLM (see "Refused" below); and
+  the model's audio token is never sampled (TRL suppresses the image token only, and reads
+  ``config.image_token_id``, which Qwen2-Audio's config lacks, so it reads the audio token's id while TRL's
+  ``__init__`` runs).
 
 - ``_set_signature_columns_if_needed``: the ``audio`` column survives ``remove_unused_columns``.
 - ``_generate_and_score_completions`` (wrapped): each row's clip is read and resampled to the feature
@@ -64,12 +65,12 @@ from trl import GRPOTrainer
 from adrpo.cpu_fsdp import fsdp_on_cpu
 from adrpo.data.audio_clips import load_clip  # the clip readers live in adrpo.data
 from adrpo.errors import ConfigError
+from adrpo.llm.audio_datasets import AUDIO_COLUMN, has_audio, readable_audio, rows_without_audio
 from adrpo.llm.audio_features import extracting_each_clip_once, share_repeated_clips
 from adrpo.llm.base_kl import KLToBase
 from adrpo.llm.resume import ExactResume
 from adrpo.llm.trl_deprecations import ignore_trl_checkpointing_deprecations
 
-AUDIO_COLUMN = "audio"
 FEATURE_KEYS = ("input_features", "feature_attention_mask")
 
 
@@ -130,60 +131,6 @@ def audio_reference(payload: Any, clip: np.ndarray, row: Mapping[str, Any], *, s
     return f"<audio: {name}, {seconds}>" if name else f"<audio: {seconds}>"
 
 
-def has_audio(dataset: Any) -> bool:
-    """Whether ``dataset`` (a ``datasets`` dataset, or a mapping of them) has an ``audio`` column, or its first
-    row an audio part in its prompt."""
-    if isinstance(dataset, Mapping):
-        return any(has_audio(d) for d in dataset.values())
-    from datasets import Dataset
-
-    columns = getattr(dataset, "column_names", None) or []
-    if AUDIO_COLUMN in columns:
-        return True
-    if not isinstance(dataset, Dataset) or "prompt" not in columns or not len(dataset):
-        return False
-    return _audio_payload({"prompt": dataset.select_columns(["prompt"])[0]["prompt"]}, "row 0") is not None
-
-
-def rows_without_audio(dataset: Any) -> list[int]:
-    """The 0-based indices of the rows of ``dataset`` (a ``datasets.Dataset``) whose ``audio`` column is null; []
-    without the column or for other datasets. Reads the column's null flags only, batch by batch."""
-    from datasets import Dataset
-
-    if not isinstance(dataset, Dataset) or AUDIO_COLUMN not in dataset.column_names:
-        return []
-    missing, start = [], 0
-    for batch in dataset.select_columns([AUDIO_COLUMN]).with_format("arrow").iter(batch_size=1024):
-        nulls = batch.column(AUDIO_COLUMN).is_null().to_numpy(zero_copy_only=False)
-        missing.extend((start + np.flatnonzero(nulls)).tolist())
-        start += len(nulls)
-    return missing
-
-
-def readable_audio(dataset: Any) -> Any:
-    """``dataset`` with its ``audio`` column in the forms :func:`load_clip` reads fast, with the locked packages:
-
-    - ``datasets.Audio`` (every hub audio dataset) cast to ``Audio(decode=False)``: rows ``{"bytes", "path"}``,
-      decoded by soundfile in :func:`load_clip` (decoding with datasets needs torchcodec, whose PyPI wheels do not
-      load with the CPU build of torch);
-    - plain lists of samples (a ``datasets.Dataset`` without a format) given out as numpy arrays, since
-      accelerate would walk a list sample by sample.
-
-    Anything else is returned unchanged; a mapping of datasets (TRL's several eval sets) is handled per entry."""
-    from datasets import Audio, Dataset
-
-    if isinstance(dataset, Mapping):
-        return {name: readable_audio(d) for name, d in dataset.items()}
-    if not isinstance(dataset, Dataset) or AUDIO_COLUMN not in dataset.column_names:
-        return dataset
-    feature = dataset.features[AUDIO_COLUMN]
-    if isinstance(feature, Audio):
-        return dataset if not feature.decode else dataset.cast_column(AUDIO_COLUMN, Audio(decode=False))
-    if dataset.format["type"] is None and getattr(getattr(feature, "feature", None), "dtype", "").startswith(("float", "int")):
-        return dataset.with_format("numpy", columns=[AUDIO_COLUMN], output_all_columns=True)
-    return dataset
-
-
 @contextmanager
 def _audio_token_as_image_token(model, args) -> Iterator[None]:
     """For a model config with an audio token but no image token, ``config.image_token_id`` reads the audio
@@ -210,7 +157,7 @@ def _refuse_unsupported(audio_sets: list[str], values: Mapping[str, Any]) -> Non
     """Refuse what the audio path does not support, from GRPOTrainer's arguments ``values``, naming the datasets.
 
     Raises:
-        ConfigError: for vLLM, tools, environments or a ``rollout_func``; or rows of an ``audio`` column without a clip.
+        ConfigError: for vLLM, tools, environments or a ``rollout_func``; or rows without a clip in a dataset with audio.
     """
     for key in audio_sets:
         for name, dataset in (values[key].items() if isinstance(values[key], Mapping) else [(None, values[key])]):
@@ -218,7 +165,8 @@ def _refuse_unsupported(audio_sets: list[str], values: Mapping[str, Any]) -> Non
             if missing:
                 label = key if name is None else f"{key}[{name!r}]"
                 rows = ", ".join(f"row {i}" for i in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                raise ConfigError(f"{label}: no audio in {rows}: every row of a dataset with an 'audio' column needs one clip")
+                where = "an 'audio' column" if AUDIO_COLUMN in dataset.column_names else "audio parts in its prompts"
+                raise ConfigError(f"{label}: no audio in {rows}: every row of a dataset with {where} needs one clip")
     args = values.get("args")
     unsupported = {"use_vllm": bool(getattr(args, "use_vllm", False)), "tools": bool(values.get("tools")),
                    "environment_factory": values.get("environment_factory") is not None, "rollout_func": values.get("rollout_func") is not None}
@@ -309,9 +257,9 @@ class AudioPath:
             return super()._generate_and_score_completions(inputs)
         missing = [where for where, p in zip(wheres, payloads) if p is None]
         if missing or not self._audio_checked:
-            # only datasets whose audio is in their prompts, not in their first row, get here: checked at __init__ otherwise
+            # only batches that are not rows of the trainer's datasets get here: those are checked at __init__
             problem = f"{', '.join(missing[:5])} of an audio batch have no audio" if missing else \
-                f"{wheres[0]}: audio rows, but the trainer's datasets had none when it was built (in an 'audio' column or row 0's prompt)"
+                f"{wheres[0]}: audio rows, but the trainer's datasets had none when it was built (in an 'audio' column or a prompt's audio part)"
             raise ConfigError(f"{problem}: every row needs one clip, so that the trainer checks its datasets at __init__")
         rate = self.processing_class.feature_extractor.sampling_rate
         clips = share_repeated_clips([load_clip(value, sampling_rate=rate, where=f"{where}, {source}")
