@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 from adrpo.core.pareto import family_hypervolume, reference_point
 from adrpo.experiments.engine import run_experiment
 from adrpo.experiments.front_plots import plot_styles
-from adrpo.experiments.fronts import BASE_LABEL, objective_pairs, pareto_analysis
+from adrpo.experiments.fronts import BASE_LABEL, named, objective_pairs, pareto_analysis
 from adrpo.experiments.grids import SAMPLES_FILE, compose_grid, select_rows
 from adrpo.experiments.report import write_report
 from adrpo.experiments.spec import ExperimentSpec
@@ -292,3 +293,30 @@ def test_a_digits_sweep_saves_samples_and_reports_grid_fronts_and_verdicts(tmp_p
     y, x = layout.origin(len(labels) - 1, 5, 0)  # the last ORW point's first "a thin nine"
     expected = blobs[-1]["images"][5, 0].permute(1, 2, 0).numpy().repeat(8, axis=0).repeat(8, axis=1)
     assert (pixels[y:y + 64, x:x + 64] == expected).all()
+
+
+def test_long_lists_of_configurations_are_counted_by_family():
+    """A front of a large grid is named by family (the digits-moving report listed 72 labels on one line)."""
+    points = types.SimpleNamespace(families={"ORW": [f"ORW (a={i})" for i in range(18)], "ORW moving": [f"ORW moving (a={i})" for i in range(54)],
+                                             "ADRPO": ["ADRPO"]})
+    assert named(["ORW (a=1)", "ADRPO"], points) == "'ORW (a=1)', 'ADRPO'"
+    every_orw = points.families["ORW"] + points.families["ORW moving"][:12]
+    assert named(every_orw, points) == "the 18 configurations of 'ORW', 12 of the 54 configurations of 'ORW moving'"
+
+
+def test_a_large_grid_plots_its_trajectories_by_family_in_one_panel(tmp_path):
+    """Past LABELLED_POINTS configurations the bar panels (one unreadable bar per configuration) are left out and the
+    trajectories take one colour and legend entry per family; a small comparison keeps its four panels."""
+    from adrpo.experiments.front_plots import LABELLED_POINTS
+    from adrpo.experiments.report import plot_tradeoff
+
+    def results(n: int) -> dict:
+        runs = [run(f"ORW (a={i})", "ORW", "baseline", seed, {"reward": 0.6 + i / 1000, "diversity": 2.0, "w2": 0.1})
+                for i in range(n) for seed in SEEDS]
+        return {"spec": {"task": "digits", "seeds": SEEDS}, "runs": runs}
+
+    widths = {}
+    for n in (3, LABELLED_POINTS + 1):
+        with Image.open(plot_tradeoff(results(n), tmp_path / f"{n}.png")) as image:
+            widths[n] = image.size[0]
+    assert widths == {3: 20 * 120, LABELLED_POINTS + 1: 9 * 120}  # figsize inches × dpi 120

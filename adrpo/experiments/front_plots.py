@@ -15,6 +15,7 @@ from adrpo.experiments.fronts import AXIS_TITLES, BASE_LABEL, PairAnalysis, Poin
 # Colours and markers of every plot: tab10's ten colours with one marker, then the next marker...
 COLORS = 10
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+LABELLED_POINTS = 24  # a panel with more configurations leaves its points unlabelled (the labels would overlap)
 
 
 def plot_styles(labels: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
@@ -44,8 +45,9 @@ def _mean_std(points: SeedPoints, key: str) -> tuple[float, float]:
 
 def plot_fronts(points: Points, analyses: Sequence[PairAnalysis], path: Path) -> Path:
     """One panel per objective pair: each configuration at its seed mean with seed-std error
-    bars, each family's non-dominated front over its configuration means and the base model
-    joined by a line, the base model in black; one (colour, marker) per family."""
+    bars (labelled by its settings when the panel has at most :data:`LABELLED_POINTS`), each
+    family's non-dominated front over its configuration means and the base model joined by a
+    line, the base model in black; one (colour, marker) per family."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +70,7 @@ def plot_fronts(points: Points, analyses: Sequence[PairAnalysis], path: Path) ->
             front = np.array(list(zip(xs, ys)) + [(bx, by)])
             order = pareto_front(front, maximize=o.maximize)
             ax.plot(front[order, 0], front[order, 1], color=color, linewidth=1.2, alpha=0.7)
-            for label, x, y in zip(kept, xs, ys):
+            for label, x, y in zip(kept, xs, ys) if len(analysis.labels) <= LABELLED_POINTS else ():
                 short = label[len(family):].strip(" ()") if label.startswith(family) else label
                 if short:
                     ax.annotate(short, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=color)
@@ -78,7 +80,8 @@ def plot_fronts(points: Points, analyses: Sequence[PairAnalysis], path: Path) ->
         ax.set_ylabel(AXIS_TITLES.get(o.y, o.y) + " (held-out prompts)" + placed)
         if not o.maximize[1]:  # divergences span decades (W2 0.01 for a leashed run, 6 for RAFT)
             ax.set_yscale("symlog", linthresh=1e-2)
-        ax.set_title(f"{o.title}: seed mean ± std over {len(points.seeds)} seeds; lines = fronts")
+        unlabelled = f"; {len(analysis.labels)} configurations, unlabelled (verdicts.md)" if len(analysis.labels) > LABELLED_POINTS else ""
+        ax.set_title(f"{o.title}\nseed mean ± std over {len(points.seeds)} seeds; lines = fronts{unlabelled}", fontsize=10)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

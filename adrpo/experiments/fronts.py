@@ -273,7 +273,7 @@ def analyse_pair(points: Points, objective: Objective) -> PairAnalysis:
             notes.append(f"{label!r} has a missing or non-finite {objective.x} or {objective.y} and is left out of this pair")
     if placed_by_base:
         notes.append(f"placed by their {objective.y} to the base model ({objective.y}{BASE_SUFFIX}; moving reference): "
-                     + ", ".join(repr(label) for label in placed_by_base))
+                     + named(placed_by_base, points))
     labels = list(values)
     adaptive = [label for label in labels if points.roles[label] == "adaptive"]
     baseline = [label for label in labels if points.roles[label] == "baseline"]
@@ -333,6 +333,19 @@ def _delta_cells(record: FrontComparison, points: Points) -> list[str]:
     return [value, f"{record.n_in_range}/{record.n_seeds}", shown_verdict(record, points)]
 
 
+def named(labels: Sequence[str], points: Points, *, most: int = 8) -> str:
+    """``labels`` as a sentence: each one quoted when there are at most ``most``, else counted by family
+    ("the 18 configurations of 'ORW-CFM-W2'", "3 of the 9 configurations of 'ADRPO-FM'")."""
+    if len(labels) <= most:
+        return ", ".join(repr(label) for label in labels)
+    parts = []
+    for family, members in points.families.items():
+        n = sum(label in labels for label in members)
+        if n:
+            parts.append(f"the {n} configurations of {family!r}" if n == len(members) else f"{n} of the {len(members)} configurations of {family!r}")
+    return ", ".join(parts)
+
+
 def verdict_markdown(points: Points, analyses: Sequence[PairAnalysis]) -> str:
     """The verdict and hypervolume tables of every pair, the rule and the notes, as markdown."""
     lines = ["## Pareto verdicts", "", RULE, ""]
@@ -343,8 +356,7 @@ def verdict_markdown(points: Points, analyses: Sequence[PairAnalysis]) -> str:
         o = analysis.objective
         lines += [f"### {o.title}", ""]
         if analysis.comparisons:
-            front = ", ".join(analysis.baseline)
-            lines += [f"Front, per seed: {front} and the base model.", ""]
+            lines += [f"Front, per seed: {named(analysis.baseline, points)} and the base model.", ""]
             lines += [f"| Configuration | Δ {o.y} at equal {o.x} | in range | verdict | Δ {o.x} at equal {o.y} | in range | verdict | Monitor |",
                       "|---|---|---|---|---|---|---|---|"]
             by_label: dict[str, list[FrontComparison]] = {}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adrpo.experiments.front_plots import plot_fronts, plot_styles
+from adrpo.experiments.front_plots import LABELLED_POINTS, plot_fronts, plot_styles
 from adrpo.experiments.fronts import (
     BASE_LABEL,
     base_differences,
@@ -152,7 +152,9 @@ def category_tables(results: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = None) -> Path:
-    """Figure 3 analog: reward–diversity trajectories of one seed, then final reward, diversity, W2."""
+    """Figure 3 analog: reward–diversity trajectories of one seed, then final reward, diversity, W2. With more than
+    :data:`LABELLED_POINTS` configurations, the trajectories alone, one colour per family (the bars would be
+    unreadable; table.md and fronts.png give each configuration)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,26 +164,32 @@ def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = Non
     seed = runs[0]["seed"] if seed is None else seed
     table = final_metrics(results)
     labels = list(table)
-    styles = plot_styles([label for label in labels if label != BASE_LABEL])
-    colors = {label: color for label, (color, _) in styles.items()} | {BASE_LABEL: (0.0, 0.0, 0.0, 1.0)}
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
-    ax = axes[0]
+    by_family = len(labels) - 1 > LABELLED_POINTS
+    key_of = (lambda run: run["family"]) if by_family else (lambda run: run["label"])
+    styles = plot_styles(list(dict.fromkeys(key_of(run) for run in runs)))
+    fig, axes = plt.subplots(1, 1 if by_family else 4, figsize=(9, 5.4) if by_family else (20, 4.8), squeeze=False,
+                             gridspec_kw=None if by_family else {"width_ratios": [2.2, 1, 1, 1]})
+    ax = axes[0][0]
     for run in (r for r in runs if r["seed"] == seed):
         xs = [point["diversity"] for point in run["trajectory"]]
         ys = [point["reward"] for point in run["trajectory"]]
-        color, marker = styles[run["label"]]
+        color, marker = styles[key_of(run)]
         n = len(xs)
         ax.plot(xs, ys, color=color, alpha=0.35, linewidth=1)
         for i, (x, y) in enumerate(zip(xs, ys)):
             ax.scatter(x, y, color=color, marker=marker, alpha=0.15 + 0.85 * (i + 1) / n, s=18, linewidths=0)
-        ax.scatter(xs[-1], ys[-1], color=color, marker=marker, s=160, edgecolors="black", linewidths=0.8, label=run["label"])
+        ax.scatter(xs[-1], ys[-1], color=color, marker=marker, s=160, edgecolors="black", linewidths=0.8, label=key_of(run))
     base = table[BASE_LABEL]
     ax.scatter(base["diversity"][0], base["reward"][0], color="black", marker="o", s=60, label=BASE_LABEL)
     ax.set_xlabel("diversity (mean pairwise embedding distance) →")
     ax.set_ylabel("reward (held-out prompts) →")
-    ax.set_title(f"Trajectories through training (seed {seed}); large outlined = final")
-    ax.legend(fontsize=8, loc="best")
-    for ax, (key, title, _) in zip(axes[1:], METRICS):
+    coloured = f"; {len(labels) - 1} configurations, one colour per family" if by_family else ""
+    ax.set_title(f"Trajectories through training (seed {seed}); large outlined = final{coloured}", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    shown = dict(zip(names, handles))  # one entry per family (or label)
+    ax.legend(shown.values(), shown.keys(), fontsize=8, loc="best")
+    colors = {label: color for label, (color, _) in styles.items()} | {BASE_LABEL: (0.0, 0.0, 0.0, 1.0)}
+    for ax, (key, title, _) in zip(axes[0][1:], METRICS):
         means = [mean_std(table[label][key])[0] for label in labels]
         stds = [mean_std(table[label][key])[1] for label in labels]
         ax.bar(range(len(labels)), means, yerr=stds, color=[colors[label] for label in labels], capsize=3)
