@@ -304,19 +304,29 @@ def test_long_lists_of_configurations_are_counted_by_family():
     assert named(every_orw, points) == "the 18 configurations of 'ORW', 12 of the 54 configurations of 'ORW moving'"
 
 
-def test_a_large_grid_plots_its_trajectories_by_family_in_one_panel(tmp_path):
-    """Past LABELLED_POINTS configurations the bar panels (one unreadable bar per configuration) are left out and the
-    trajectories take one colour and legend entry per family; a small comparison keeps its four panels."""
-    from adrpo.experiments.front_plots import LABELLED_POINTS
-    from adrpo.experiments.report import plot_tradeoff
+def test_a_large_grid_plots_its_trajectories_by_family(tmp_path, monkeypatch):
+    """Past LABELLED_POINTS configurations the trajectories take one colour and legend entry per family and the flow
+    plot leaves out its bar panels (one unreadable bar per configuration); a small comparison keeps one entry per
+    configuration and its four panels."""
+    import matplotlib.axes
 
-    def results(n: int) -> dict:
-        runs = [run(f"ORW (a={i})", "ORW", "baseline", seed, {"reward": 0.6 + i / 1000, "diversity": 2.0, "w2": 0.1})
-                for i in range(n) for seed in SEEDS]
-        return {"spec": {"task": "digits", "seeds": SEEDS}, "runs": runs}
+    from adrpo.experiments.front_plots import LABELLED_POINTS
+    from adrpo.experiments.report import plot_tradeoff, plot_trajectories
+
+    legends = []
+    real_legend = matplotlib.axes.Axes.legend
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", lambda ax, *a, **k: legends.append(list(a[1]) if len(a) > 1 else None) or real_legend(ax, *a, **k))
+
+    def results(n: int, task: str) -> dict:
+        runs = [run(f"{family} (a={i})", family, role, seed, {"reward": 0.6 + i / 1000, "diversity": 2.0, "w2": 0.1})
+                for family, role in (("ORW", "baseline"), ("ADRPO", "adaptive")) for i in range(n) for seed in SEEDS]
+        return {"spec": {"task": task, "seeds": SEEDS}, "runs": runs}
 
     widths = {}
-    for n in (3, LABELLED_POINTS + 1):
-        with Image.open(plot_tradeoff(results(n), tmp_path / f"{n}.png")) as image:
+    for n in (2, LABELLED_POINTS):
+        with Image.open(plot_tradeoff(results(n, "digits"), tmp_path / f"{n}.png")) as image:
             widths[n] = image.size[0]
-    assert widths == {3: 20 * 120, LABELLED_POINTS + 1: 9 * 120}  # figsize inches × dpi 120
+        plot_trajectories(results(n, "arithmetic"), tmp_path / f"{n}-llm.png", keys=("reward", "diversity"))
+    assert widths == {2: 20 * 120, LABELLED_POINTS: 9 * 120}  # figsize inches × dpi 120: four panels, then one
+    small = ["ORW (a=0)", "ORW (a=1)", "ADRPO (a=0)", "ADRPO (a=1)"]
+    assert legends == [small + [BASE_LABEL], small, ["ORW", "ADRPO", BASE_LABEL], ["ORW", "ADRPO"]]

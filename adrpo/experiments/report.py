@@ -210,14 +210,18 @@ def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = Non
 
 
 def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str] = ("reward", "entropy")) -> Path:
-    """Figure 4 analog: each metric against training step, mean over seeds with a ±std band."""
+    """Figure 4 analog: each metric against training step, mean over seeds with a ±std band. With more than
+    :data:`LABELLED_POINTS` configurations, one colour and legend entry per family and no bands (table.md
+    gives each configuration)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(run["label"] for run in results["runs"]))
-    styles = plot_styles(labels)
+    family = {run["label"]: run["family"] for run in results["runs"]}
+    by_family = len(labels) > LABELLED_POINTS
+    styles = plot_styles(list(dict.fromkeys(family.values())) if by_family else labels)
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.5))
     for ax, key in zip(axes, keys):
         for label in labels:
@@ -226,13 +230,18 @@ def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str
             series = [[run[j][key] for run in runs] for j in range(len(steps))]
             means = [statistics.fmean(values) for values in series]
             stds = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in series]
-            color, marker = styles[label]
-            ax.plot(steps, means, color=color, label=label, marker=marker, markersize=4)
-            ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=color, alpha=0.15)
+            color, marker = styles[family[label] if by_family else label]
+            ax.plot(steps, means, color=color, label=family[label] if by_family else label, marker=marker, markersize=4,
+                    alpha=0.6 if by_family else 1.0)
+            if not by_family:
+                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=color, alpha=0.15)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{key} (held-out prompts)")
-        ax.set_title(f"{key} through training (mean ± std over seeds)")
-    axes[0].legend(fontsize=8)
+        per = f"mean over seeds, one line per configuration ({len(labels)}), one colour per family" if by_family else "mean ± std over seeds"
+        ax.set_title(f"{key} through training\n({per})", fontsize=10)
+    handles, names = axes[0].get_legend_handles_labels()
+    shown = dict(zip(names, handles))  # one entry per family (or label)
+    axes[0].legend(shown.values(), shown.keys(), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
