@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/lock.txt
 EXTRAS := .[flow,llm,audio,embed,sd3,dev]
 
-.PHONY: install lock demo test full ablation sweep moving llm-demo llm-sweep llm-moving audio-demo audio-moving smollm2-demo sd3-tiny flux-tiny bench gpu-check clean
+.PHONY: install lock demo test full ablation sweep moving llm-demo llm-sweep llm-moving audio-demo audio-moving smollm2-demo sd3-tiny flux-tiny bench gpu-check verl-test clean
 
 install: $(STAMP)
 
@@ -93,5 +93,22 @@ test: install
 	$(VENV)/bin/ruff check adrpo tests benchmarks
 	$(PY) -m pytest
 
+# ADRPO inside verl (adrpo.integrations.verl, docs/verl.md), tested in its own environment .venv-verl: verl 0.9.1 needs
+# transformers<5.11, the main environment's TRL newer. Runs tests/verl, verl's own CPU tests of the wrapped code included
+# (fetched from the package registry into .cache/ once). `make test` skips tests/verl, which need verl.
+VERL_VENV := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed-stamp
+VERL_LOCK := requirements/verl-lock.txt
+
+$(VERL_STAMP): pyproject.toml $(VERL_LOCK)
+	python3 -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install -q -c $(VERL_LOCK) torch
+	$(VERL_VENV)/bin/python -m pip install -q -c $(VERL_LOCK) -e '.[verl]' pytest pytest-timeout
+	touch $(VERL_STAMP)
+
+verl-test: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pytest -p no:cacheprovider --confcutdir=tests/verl tests/verl
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) runs .pytest_cache

@@ -439,7 +439,8 @@ TARGETS_WITHOUT_PRESET = {
     "test": "this suite",
     "bench": "benchmarks/*.py scripts (each checked to exist below)",
     "gpu-check": "benchmarks/gpu_check.py: random-weight shapes on a GPU, tested at tiny shapes in test_gpu_check.py",
-    "clean": "rm -rf of .venv, runs and .pytest_cache",
+    "clean": "rm -rf of .venv, .venv-verl, runs and .pytest_cache",
+    "verl-test": "tests/verl in their own .venv-verl (verl 0.9.1 needs transformers<5.11): a second environment, not in CI (docs/verl.md)",
 }
 
 
