@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 LOCK := requirements/lock.txt
-EXTRAS := .[flow,llm,audio,embed,sd3,dev]
+EXTRAS := .[flow,llm,audio,embed,sd3,dev,docs]
 
-.PHONY: install lock demo test full ablation sweep moving llm-demo llm-sweep llm-moving audio-demo audio-moving smollm2-demo sd3-tiny flux-tiny bench gpu-check verl-test clean
+.PHONY: install lock demo test full ablation sweep moving llm-demo llm-sweep llm-moving audio-demo audio-moving smollm2-demo sd3-tiny flux-tiny bench gpu-check verl-test docs clean
 
 install: $(STAMP)
 
@@ -90,8 +90,14 @@ gpu-check: install
 	$(PY) benchmarks/gpu_check.py
 
 test: install
-	$(VENV)/bin/ruff check adrpo tests benchmarks
+	$(VENV)/bin/ruff check adrpo tests benchmarks docs
 	$(PY) -m pytest
+
+# The documentation site (mkdocs.yml: the pages in docs/, the API reference from the docstrings) into site/; strict: a
+# warning (a broken link, a docstring that does not render) fails it. `make test` builds it too (tests/test_docs_site.py).
+# NO_MKDOCS_2_WARNING silences the theme's banner about MkDocs 2.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # ADRPO inside verl (adrpo.integrations.verl, docs/verl.md), tested in its own environment .venv-verl: verl 0.9.1 needs
 # transformers<5.11, the main environment's TRL newer. Runs tests/verl, verl's own CPU tests of the wrapped code included
@@ -111,4 +117,4 @@ verl-test: $(VERL_STAMP)
 	$(VERL_VENV)/bin/python -m pytest -p no:cacheprovider --confcutdir=tests/verl tests/verl
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) runs site .pytest_cache

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from docs_pages import make_targets
 
 from adrpo import cli
 from conftest import TINY_SETTINGS
@@ -439,25 +439,10 @@ TARGETS_WITHOUT_PRESET = {
     "test": "this suite",
     "bench": "benchmarks/*.py scripts (each checked to exist below)",
     "gpu-check": "benchmarks/gpu_check.py: random-weight shapes on a GPU, tested at tiny shapes in test_gpu_check.py",
-    "clean": "rm -rf of .venv, .venv-verl, runs and .pytest_cache",
+    "clean": "rm -rf of .venv, .venv-verl, runs, site and .pytest_cache",
+    "docs": "mkdocs build --strict of the site into site/: built, link-checked and snippet-tested by tests/test_docs_*.py",
     "verl-test": "tests/verl in their own .venv-verl (verl 0.9.1 needs transformers<5.11): a second environment, not in CI (docs/verl.md)",
 }
-
-
-def make_targets() -> dict[str, list[str]]:
-    """Makefile target -> its recipe lines (variable assignments and file targets such as
-    $(STAMP) are left out)."""
-    targets: dict[str, list[str]] = {}
-    current = None
-    for line in MAKEFILE.read_text().splitlines():
-        if line.startswith("\t") and current is not None:
-            targets[current].append(line.strip())
-            continue
-        match = re.match(r"^([A-Za-z0-9_-]+)\s*:(?!=)", line)
-        current = match.group(1) if match else None
-        if current is not None:
-            targets[current] = []
-    return targets
 
 
 def adrpo_commands(recipe: list[str]) -> list[list[str]]:

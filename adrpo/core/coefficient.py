@@ -17,7 +17,8 @@ def adaptive_coefficient(
     Args:
         advantages: (N,) or (B, 1) raw advantages.
         beta0: the base coefficient β0.
-        a_min, a_max: clip range of the advantage used in the coefficient.
+        a_min: lower end A_min of the advantage's clip range in the coefficient.
+        a_max: upper end A_max of the clip range.
 
     Returns:
         coefficient: same shape as ``advantages``, β0 − A_clipped.

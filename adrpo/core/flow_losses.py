@@ -83,7 +83,9 @@ def adrpo_fm_loss(
     """ADRPO-FM, paper Eq. 6: A·‖v − u‖² + (β0 − A)·‖v − v_ref‖².
 
     Args:
-        v, u, v_ref: (N, *D) as in :func:`regularized_fm_loss`.
+        v: (N, *D) policy velocity, as in :func:`regularized_fm_loss`.
+        u: (N, *D) target velocity u_t.
+        v_ref: (N, *D) reference velocity.
         advantages: (N,) clipped advantages A; A < 0 reverses the matching gradient,
             pushing the policy away from that sample's path.
         coefficient: (N,) β0 − A from :func:`adrpo.core.coefficient.adaptive_coefficient`.
@@ -125,7 +127,9 @@ def orw_cfm_w2_loss(
     """ORW-CFM-W2 (Fan et al. 2025): exp(τ·r)·‖v − u‖² + α·‖v − v_ref‖².
 
     Args:
-        v, u, v_ref: (N, *D).
+        v: (N, *D) policy velocity.
+        u: (N, *D) target velocity u_t.
+        v_ref: (N, *D) reference velocity.
         rewards: (N,) rewards of the samples x1 whose paths give u.
         tau: inverse temperature τ of the reward weighting.
         alpha: fixed W2 coefficient α.
@@ -163,7 +167,8 @@ def raft_loss(
     """RAFT (Dong et al. 2023): plain flow matching on the best samples of each prompt.
 
     Args:
-        v, u: (N, *D).
+        v: (N, *D) policy velocity.
+        u: (N, *D) target velocity u_t.
         rewards: (N,) rewards, prompt-major with G = ``group_size`` samples per prompt.
         fraction: share of each prompt's samples kept.
 
@@ -216,8 +221,11 @@ def flow_dpo_loss(
     (T·ω(λ), 1/2) are folded into β.
 
     Args:
-        v, u, v_ref: (N, *D); winner and loser of a pair should share t and x0.
-        winners, losers: (P,) indices from :func:`preference_pairs`.
+        v: (N, *D) policy velocity; winner and loser of a pair should share t and x0.
+        u: (N, *D) target velocity u_t.
+        v_ref: (N, *D) reference velocity.
+        winners: (P,) indices of the preferred samples, from :func:`preference_pairs`.
+        losers: (P,) indices of the rejected samples.
         beta: DPO inverse temperature.
         valid: optional (P,) bool; pairs marked False (e.g. reward ties) contribute 0.
 

@@ -43,13 +43,15 @@ class PerSampleBeta(float):
     the plain float β0. Anything else is refused rather than silently using β0 for every row: a
     product with a tensor whose leading dimension is not B (a KL already reduced over the
     completions) raises ``ValueError``, any other torch function ``NotImplementedError``.
-
-    Args:
-        beta0: the base coefficient, the float's value.
-        coefficient: (B, 1) per-completion coefficients β0 − clip(A).
     """
 
     def __new__(cls, beta0: float, coefficient: torch.Tensor) -> PerSampleBeta:
+        """The float ``beta0`` carrying ``coefficient``.
+
+        Args:
+            beta0: the base coefficient, the float's value.
+            coefficient: (B, 1) per-completion coefficients β0 − clip(A).
+        """
         value = super().__new__(cls, beta0)
         value.coefficient = coefficient
         return value

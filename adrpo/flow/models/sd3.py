@@ -50,7 +50,7 @@ class SD3Velocity(CachedPromptVelocity):
         encode: ``prompts -> ((N, L, D) embeds, (N, P) pooled)``, e.g. :func:`sd3_prompt_encoder`.
         resolution: image side in pixels; latents are (C, resolution // vae_scale, same).
         vae_scale: the VAE's downsampling factor (8 for SD3).
-        scheduler: the pipeline's ``FlowMatchEulerDiscreteScheduler`` (a private copy is kept);
+        scheduler (FlowMatchEulerDiscreteScheduler | None): the pipeline's scheduler (a private copy is kept);
             without one the grid is SD3's shift of 3 on linspace(1, 0, N + 1).
     """
 
