@@ -1,5 +1,5 @@
 """User mistakes in a YAML config are one-line ConfigErrors naming the field or the file, and the
-YAML spellings the README uses (``monitor: off``) mean what they say."""
+YAML spellings the docs use (``monitor: off``) mean what they say."""
 
 from __future__ import annotations
 

@@ -64,12 +64,12 @@ POLICIES = ("off", "warn", "stop")
 class Thresholds:
     """The monitor's thresholds; ``None`` switches a rule off.
 
-    Defaults, and why (digits and arithmetic numbers from this repository's README):
+    Defaults, and why (digits and arithmetic numbers from the results pages, docs/results-*.md):
 
     - ``diversity_fraction = 0.5``: half the base model's diversity. Healthy runs stay far
       above it (ADRPO-FM ends at 0.93 × base, ORW-CFM-W2 α = 1 at 0.85 ×, every arithmetic
       GRPO/ADRPO run at ≥ 0.77 × base distinct completions after 400 steps); the runs the
-      README calls collapsed end at 0.33–0.60 × base. The per-step training value is noisy
+      results pages call collapsed end at 0.33–0.60 × base. The per-step training value is noisy
       (one batch): on tests/test_monitor_runs.py's tiny digits setting ADRPO-FM dips to
       0.66 × base at worst over 1000 steps, so 0.5 leaves room for that noise too.
     - ``entropy_fraction = 0.5``: half the base per-token entropy; healthy arithmetic runs
