@@ -13,8 +13,11 @@ Snippets, in every ``docs/**/*.md`` page and ``README.md``:
   (after ``make``) ``X`` are placeholders; a usage bracket, ``[--resume | --overwrite]``, is parsed
   with each of its choices and without it;
 - a ``yaml`` block must load with the CLI's YAML loader (a safe loader);
-- a block whose fence is preceded by ``<!-- no-test: reason -->`` (the last non-blank line before
-  it) is skipped with that reason; the reason is required;
+- a ``python`` block preceded by ``<!-- stand-ins: NAME -->`` (the last non-blank line before its
+  fence) runs with the user objects of :data:`STAND_INS` ``[NAME]`` in its namespace and its heavy
+  settings shrunk to the tests' tiny models (``flow``: the MLP velocity model, 2 steps; ``llm``: a tiny
+  Qwen2 in place of a hub id, 1 step), so a guide's example that needs your model or the hub still runs;
+- a block preceded by ``<!-- no-test: reason -->`` is skipped with that reason; the reason is required;
 - a fence without a language, or ``text`` / ``console`` / ``json`` / ``toml``, is not run; any other
   language fails (a typo such as ``pyhton`` would otherwise hide a snippet from these tests).
 
@@ -37,6 +40,7 @@ import shlex
 import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -44,11 +48,13 @@ from docs_pages import DOCS, FENCE, NOT_RUN, PAGES, PYCON, PYTHON, RESULTS_PAGES
 
 from adrpo import cli
 from adrpo.errors import ConfigError
+from conftest import target_reward, tiny_model
 
 # --- fenced blocks --------------------------------------------------------------------------------
 
 
 MARKER = re.compile(r"^\s*<!--\s*no-test\b:?\s*(?P<reason>.*?)\s*-->\s*$")
+STAND_INS_MARKER = re.compile(r"^\s*<!--\s*stand-ins:\s*(?P<name>[\w-]+)\s*-->\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Block:
     lang: str
     code: str
     skip: str | None  # the no-test marker's reason ("" when the marker gives none)
+    stand_ins: str | None = None  # the stand-ins marker's name: the snippet runs on STAND_INS[name]
 
     def __str__(self) -> str:
         return f"{rel(self.path)}:{self.line}"
@@ -73,12 +80,13 @@ def fenced_blocks(path: Path) -> list[Block]:
             continue
         indent, fence = len(match.group("indent")), match.group("fence")
         before = next((line for line in reversed(lines[:i]) if line.strip()), "")
-        marker = MARKER.match(before)
+        marker, stand_ins = MARKER.match(before), STAND_INS_MARKER.match(before)
         body, j = [], i + 1
         while j < len(lines) and not re.match(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$", lines[j]):
             body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
             j += 1
-        blocks.append(Block(path, i + 1, match.group("lang").lower(), "\n".join(body) + "\n", marker.group("reason") if marker else None))
+        blocks.append(Block(path, i + 1, match.group("lang").lower(), "\n".join(body) + "\n", marker.group("reason") if marker else None,
+                            stand_ins.group("name") if stand_ins else None))
         i = j + 1
     return blocks
 
@@ -119,12 +127,61 @@ def test_fence_parser(tmp_path):
         (5, "python", "x = 1\n", "needs a GPU"), (11, "bash", "make demo\n", None), (15, "", "```python\nnot a block\n```\n", None)]
 
 
+def flow_stand_ins(monkeypatch, tmp_path) -> dict[str, Any]:
+    """The flow guide's user objects on the tests' stand-ins: ``model`` the tiny MLP velocity model,
+    ``reward_fn`` the analytic reward, ``train_prompts``, ``embed`` and ``my_eval`` (conftest.py); every
+    ``FlowConfig`` the snippet makes runs 2 steps of 2 prompts × 4 samples with 4 sampling steps."""
+    import adrpo.flow.config
+
+    real = adrpo.flow.config.FlowConfig
+    tiny_run = dict(prompts_per_step=2, group_size=4, sampling_steps=4, num_steps=2, checkpoint_steps=0, report_to=["none"],
+                    progress_bar=False)
+    monkeypatch.setattr(adrpo.flow.config, "FlowConfig", lambda **values: real(**{**values, **tiny_run}))
+    return {"model": tiny_model(), "reward_fn": target_reward, "train_prompts": ["a x", "b y"], "embed": lambda x: x,
+            "my_eval": lambda trainer: {"probe": 1.0}}
+
+
+def llm_stand_ins(monkeypatch, tmp_path) -> dict[str, Any]:
+    """The language guide's user objects on the tests' stand-ins: a hub model id loads a tiny Qwen2 saved to
+    ``tmp_path`` instead, ``my_reward`` scores completions by length, ``ds`` holds 8 prompts; every
+    ``ADRPOConfig`` the snippet makes runs 1 step of 4 prompts × 2 completions on the CPU, fp32."""
+    from datasets import Dataset
+
+    import adrpo.llm.config
+    import adrpo.llm.trainer
+    from adrpo.llm.tiny import char_tokenizer, save_model_and_tokenizer, tiny_causal_lm
+
+    tokenizer = char_tokenizer(list("0123456789+="))
+    path = save_model_and_tokenizer(tiny_causal_lm("qwen2", len(tokenizer), hidden=16, layers=1, heads=2), tokenizer, tmp_path / "tiny")
+    real_config, real_trainer = adrpo.llm.config.ADRPOConfig, adrpo.llm.trainer.ADRPOTrainer
+    tiny_run = dict(bf16=False, activation_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+                    max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=4)
+
+    class TinyADRPOTrainer(real_trainer):
+        def __init__(self, model, *args, **kwargs):
+            super().__init__(str(path) if isinstance(model, str) else model, *args, **kwargs)
+
+    monkeypatch.setattr(adrpo.llm.config, "ADRPOConfig", lambda **values: real_config(**{**values, **tiny_run}))
+    monkeypatch.setattr(adrpo.llm.trainer, "ADRPOTrainer", TinyADRPOTrainer)
+    return {"my_reward": lambda completions, **kwargs: [float(len(c)) for c in completions],
+            "ds": Dataset.from_list([{"prompt": f"{i}+{i}="} for i in range(8)])}
+
+
+STAND_INS = {"flow": flow_stand_ins, "llm": llm_stand_ins}
+
+
+def test_stand_in_markers_name_a_stand_in():
+    unknown = [f"{b} ({b.stand_ins})" for b in BLOCKS if b.stand_ins is not None and b.stand_ins not in STAND_INS]
+    assert not unknown, f"stand-ins markers naming no stand-in (known: {list(STAND_INS)}): {unknown}"
+
+
 @blocks_of(PYTHON + PYCON)
 def test_python_snippet(block, tmp_path, monkeypatch):
     skip_if_marked(block)
     monkeypatch.chdir(tmp_path)
     if block.lang in PYTHON:
-        exec(compile(block.code, str(block), "exec"), {"__name__": "__snippet__"})  # noqa: S102 - the docs' own snippets
+        names = {} if block.stand_ins is None else STAND_INS[block.stand_ins](monkeypatch, tmp_path)
+        exec(compile(block.code, str(block), "exec"), {"__name__": "__snippet__", **names})  # noqa: S102 - the docs' own snippets
         return
     test = doctest.DocTestParser().get_doctest(block.code, {}, str(block), str(block.path), block.line)
     assert test.examples, f"{block}: a pycon block without >>> lines"
