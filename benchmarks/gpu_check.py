@@ -285,7 +285,7 @@ def measure_llm(tiny: bool, device: torch.device, dtype: torch.dtype, workdir: s
         "shape": shape, "run": run, "dtype": str(dtype), "parameters": parameters,
         "trainable_parameters": {name: sum(p.numel() for p in t.model.parameters() if p.requires_grad) for name, t in trainers.items()},
         "reference": {name: "adapter disabled" if t.ref_model is None else type(t.ref_model).__name__ for name, t in trainers.items()},
-        "gradient_checkpointing": {name: bool(t.model.is_gradient_checkpointing) for name, t in trainers.items()},
+        "gradient_checkpointing": {name: bool(t.model.is_activation_checkpointing) for name, t in trainers.items()},
         "step_s": steps, "steps_timed": {name: len(values) for name, values in samples.items()},
         "ratio_adrpo_grpo": steps["adrpo"] / steps["grpo"],
         "peak_memory_gib": {name: peak.gib for name, peak in peaks.items()},
