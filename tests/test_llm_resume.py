@@ -179,24 +179,24 @@ def test_resume_loads_weights_saved_under_their_original_names(tmp_path):
 def test_resume_takes_the_newest_checkpoint_whose_save_finished(tmp_path):
     from adrpo.llm.resume import newest_complete_checkpoint
 
-    for step, complete in ((2, True), (10, True), (12, False)):  # checkpoint-12: killed while saving
+    for step, state in ((2, "{}"), (10, "{}"), (12, None), (14, '{"global_step": 1')):  # 12: killed before its state, 14: while writing it
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-final").mkdir()
     assert newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # by number, not by name (10 > 2)
     assert newest_complete_checkpoint(tmp_path / "nothing-here") is None
 
 
-def grpo_train_command(folder: Path, model_path: Path, output_dir: Path, *extra: str) -> list[str]:
-    """`adrpo grpo train` on a recipe in ``folder``: 16 steps of ADRPO, one prompt of 4 a step (4 epochs), a
-    checkpoint every 4 steps."""
+def grpo_train_command(folder: Path, model_path: Path, output_dir: Path, *extra: str, max_steps: int = 16, save_steps: int = 4) -> list[str]:
+    """`adrpo grpo train` on a recipe in ``folder``: ``max_steps`` steps of ADRPO, one prompt of the 4 a step (an epoch
+    is 4 steps), a checkpoint every ``save_steps`` steps."""
     (folder / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     (folder / "run.yaml").write_text(yaml.safe_dump({
         "model_name_or_path": str(model_path), "trainer": "adrpo", "dataset": {"path": "prompts.jsonl"}, "monitor": "off",
         "rewards": [{"type": "format", "pattern": "[0-9]{2,}"}],
-        "args": {"output_dir": str(output_dir), "max_steps": 16, "save_strategy": "steps", "save_steps": 4, "logging_steps": 1,
+        "args": {"output_dir": str(output_dir), "max_steps": max_steps, "save_strategy": "steps", "save_steps": save_steps, "logging_steps": 1,
                  "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 6, "learning_rate": 1e-2,
                  "beta": 0.04, "seed": 0, "report_to": "none", "use_cpu": True, "disable_tqdm": True},
     }))
@@ -232,3 +232,22 @@ def test_grpo_train_killed_after_a_checkpoint_and_resumed_ends_as_a_run_never_ki
     weights_after_kill, rows_after_kill = final_state(output_dir)
     assert bitwise_equal(weights_after_kill, whole_weights)
     assert len(whole_rows) == 16 and rows_after_kill == whole_rows
+
+
+@pytest.mark.timeout(300)
+def test_resuming_a_finished_run_saves_its_weights_and_trains_no_more(model_path, tmp_path, capsys):
+    """6 steps with 4 to an epoch: transformers would train a 7th from checkpoint-6 (it checks max_steps after a step).
+    A run killed between its last checkpoint and its final save, resumed: the checkpoint's weights are saved, the state
+    stays at step 6."""
+    from adrpo import cli
+
+    output_dir = tmp_path / "out"
+    argv = grpo_train_command(tmp_path, model_path, output_dir, max_steps=6, save_steps=3)[3:]
+    cli.main(argv)
+    finished = load_file(output_dir / "model.safetensors")
+    (output_dir / "model.safetensors").unlink()  # killed before the final save
+    cli.main([*argv, "--resume"])
+    assert bitwise_equal(load_file(output_dir / "model.safetensors"), finished)  # without the check: step 7's weights
+    assert "checkpoint-6: the run had reached max_steps 6; nothing to train" in capsys.readouterr().err
+    state = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and not (output_dir / "checkpoint-7").exists()

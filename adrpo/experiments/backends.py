@@ -218,9 +218,9 @@ class LLMBackend:
         return int(config["max_steps"]) if config.get("max_steps", -1) > 0 else None  # -1: epochs decide
 
     def checkpoint(self, directory: Path) -> Path | None:
-        from adrpo.experiments.llm_resume import newest_finished_checkpoint
+        from adrpo.llm.resume import newest_complete_checkpoint
 
-        return newest_finished_checkpoint(directory)
+        return newest_complete_checkpoint(directory)
 
     def finish(self, directory: Path) -> None:
         from adrpo.experiments.llm_resume import drop_checkpoints
@@ -242,9 +242,10 @@ class LLMBackend:
         from datasets import Dataset
 
         from adrpo.experiments.engine import RunResult
-        from adrpo.experiments.llm_resume import ResumableEvaluation, saved_state, training_ended
+        from adrpo.experiments.llm_resume import ResumableEvaluation, training_ended
         from adrpo.llm.audio import AudioGRPOTrainer
         from adrpo.llm.callbacks import monitor_callback
+        from adrpo.llm.resume import checkpoint_state
         from adrpo.llm.trainer import ADRPOTrainer
 
         task = llm_task(spec.task)
@@ -258,7 +259,7 @@ class LLMBackend:
             max_new_tokens=args.max_completion_length, seed=1000 + job.seed, monitor=monitor,
         ), monitor)
         checkpoint = self.checkpoint(job.directory)
-        state = None if checkpoint is None else saved_state(checkpoint)
+        state = None if checkpoint is None else checkpoint_state(checkpoint)
         if state is not None:
             evaluation.restore(state)
         if state is None or not training_ended(state, monitor):  # TRL would train one step past a run that had ended

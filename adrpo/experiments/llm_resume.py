@@ -25,7 +25,6 @@ rest holds what it held before runs were checkpointed; a run in progress, one ch
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,39 +33,12 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-TRAINER_STATE = "trainer_state.json"
+from adrpo.llm.resume import TRAINER_STATE
 
 
 def checkpoint_settings(eval_steps: int) -> dict[str, Any]:
     """The TrainingArguments of the engine's LLM checkpoints: one every ``eval_steps`` steps, the newest kept."""
     return {"save_strategy": "steps", "save_steps": eval_steps, "save_total_limit": 1}
-
-
-def _step_of(folder: Path) -> int | None:
-    suffix = folder.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
-    return int(suffix) if suffix.isdigit() else None
-
-
-def newest_finished_checkpoint(directory: Path) -> Path | None:
-    """The newest ``checkpoint-N`` of ``directory`` whose ``trainer_state.json`` reads back, or None.
-
-    transformers writes that file last and in place: a save killed before it has none, one killed while
-    writing it a torn one; either is passed over for the one before (``save_total_limit`` removes that one
-    only after the newer state is written).
-    """
-    numbered = [(step, path) for path in directory.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (step := _step_of(path)) is not None]
-    for _, path in sorted(numbered, reverse=True):
-        try:
-            json.loads((path / TRAINER_STATE).read_text())
-        except (OSError, ValueError):
-            continue
-        return path
-    return None
-
-
-def saved_state(checkpoint: Path) -> TrainerState:
-    """The ``TrainerState`` a checkpoint holds (its logged rows, step, max_steps and the evaluations)."""
-    return TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
 
 
 def training_ended(state: TrainerState, monitor: Any | None) -> bool:

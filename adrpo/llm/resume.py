@@ -45,21 +45,44 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import RepeatSampler
 
 BUFFER_FILE = "generation_buffer-{process}.pt"
 REFERENCE_FILE = "moving_reference.safetensors"
+TRAINER_STATE = "trainer_state.json"
 
 
 def newest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-N`` of ``output_dir`` that holds its ``trainer_state.json`` (transformers writes it
-    last, so a save killed half-way leaves a folder without it, which transformers' own ``get_last_checkpoint``
-    would pick by its number and fail to load); None when there is none."""
-    folders = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.name.rsplit("-", 1)[1].isdigit()]
-    complete = [path for path in folders if (path / "trainer_state.json").is_file()]
-    return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+    """The newest ``checkpoint-N`` of ``output_dir`` whose ``trainer_state.json`` reads back; None when there is none.
+
+    transformers writes that file last and in place: a save killed before it leaves a folder without it (which
+    transformers' own ``get_last_checkpoint`` would pick by its number and fail to load), one killed while writing
+    it a torn file; either is passed over for the one before (``save_total_limit`` removes that one only after
+    the newer state is written).
+    """
+    numbered = [(int(path.name.rsplit("-", 1)[1]), path) for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if path.name.rsplit("-", 1)[1].isdigit()]
+    for _, path in sorted(numbered, reverse=True):
+        try:
+            json.loads((path / TRAINER_STATE).read_text())
+        except (OSError, ValueError):
+            continue
+        return path
+    return None
+
+
+def checkpoint_state(checkpoint: Path) -> TrainerState:
+    """The ``TrainerState`` a checkpoint holds (its step, max_steps and logged rows)."""
+    return TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+
+
+def finished_at(checkpoint: Path, max_steps: int) -> bool:
+    """Whether the run saved in ``checkpoint`` had reached ``max_steps`` (> 0; a run whose epochs set its length
+    is never taken as finished here). transformers checks ``max_steps`` only after a step, so training from such
+    a checkpoint trains one step more whenever ``max_steps`` is not a whole number of epochs."""
+    return max_steps > 0 and checkpoint_state(checkpoint).global_step >= max_steps
 
 
 def saved_weight_names(checkpoint: Path) -> set[str] | None:
