@@ -330,3 +330,15 @@ def test_a_large_grid_plots_its_trajectories_by_family(tmp_path, monkeypatch):
     assert widths == {2: 20 * 120, LABELLED_POINTS: 9 * 120}  # figsize inches × dpi 120: four panels, then one
     small = ["ORW (a=0)", "ORW (a=1)", "ADRPO (a=0)", "ADRPO (a=1)"]
     assert legends == [small + [BASE_LABEL], small, ["ORW", "ADRPO", BASE_LABEL], ["ORW", "ADRPO"]]
+
+
+def test_long_row_labels_wrap_instead_of_widening_the_grid():
+    """A sweep's labels run to 90 characters: wrapped at LABEL_WIDTH, the label column stays narrow and the images keep
+    the width (the digits-moving grid's images were a third of its width before)."""
+    from adrpo.experiments.grids import LABEL_WIDTH
+
+    long = "ORW-CFM-W2 moving ref (orw_alpha=0.03, ref_model_sync_steps=25, ref_model_mixup_alpha=0.6)"
+    _, short_layout = compose_grid([("Base", fake_images(0, 0).numpy())], ["a bold zero", "a thin three"])
+    image, layout = compose_grid([("Base", fake_images(0, 0).numpy()), (long, fake_images(1, 0).numpy())], ["a bold zero", "a thin three"])
+    assert short_layout.left < layout.left <= short_layout.pad + LABEL_WIDTH + 8
+    assert image.size == (layout.size[1], layout.size[0])

@@ -39,6 +39,7 @@ PER_PROMPT = 4
 MAX_ROWS = 12
 TARGET_SIDE = 64  # px an image is upscaled towards (integer factors only, never down)
 FONT_SIZE = 14
+LABEL_WIDTH = 330  # px a row label may take before it wraps (a 64-px row holds three lines of it)
 BACKGROUND = 255
 
 
@@ -147,14 +148,16 @@ def _wrap(text: str, font, width: int) -> list[str]:
 
 
 def compose_grid(rows: Sequence[tuple[str, np.ndarray]], prompts: Sequence[str]):
-    """(PIL RGB image, GridLayout) of labelled rows of uint8 (B, G, 3, H, W) images."""
+    """(PIL RGB image, GridLayout) of labelled rows of uint8 (B, G, 3, H, W) images; a label wider than
+    :data:`LABEL_WIDTH` wraps onto lines centred on its row."""
     from PIL import Image, ImageDraw
 
     _, per_prompt, _, h, w = rows[0][1].shape
     scale = max(1, TARGET_SIDE // max(h, w))
     font = _font(FONT_SIZE)
     line = FONT_SIZE + 4
-    label_width = max(int(font.getlength(label)) for label, _ in rows)
+    labels = [_wrap(label, font, LABEL_WIDTH) for label, _ in rows]
+    label_width = max(int(font.getlength(text)) for lines in labels for text in lines)
     provisional = GridLayout(len(rows), len(prompts), per_prompt, h * scale, w * scale, scale, 0, 0)
     wrapped = [_wrap(prompt, font, provisional.group_width) for prompt in prompts]
     pad = provisional.pad
@@ -169,9 +172,11 @@ def compose_grid(rows: Sequence[tuple[str, np.ndarray]], prompts: Sequence[str])
                 canvas[y:y + layout.height, x:x + layout.width] = block
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    for r, (label, _) in enumerate(rows):
+    for r, lines in enumerate(labels):
         y, _ = layout.origin(r, 0, 0)
-        draw.text((pad, y + layout.height // 2), label, fill=(0, 0, 0), font=font, anchor="lm")
+        first = y + layout.height // 2 - (len(lines) - 1) * line // 2  # the lines centred on the row
+        for i, text in enumerate(lines):
+            draw.text((pad, first + i * line), text, fill=(0, 0, 0), font=font, anchor="lm")
     for b, lines in enumerate(wrapped):
         _, x = layout.origin(0, b, 0)
         for i, text in enumerate(lines):
