@@ -269,7 +269,7 @@ def cmd_fm_make_tiny(args: argparse.Namespace) -> None:
 
 def cmd_grpo_train(args: argparse.Namespace) -> None:
     from adrpo.llm.recipe import build_trainer, import_rewards_from, resolve_paths
-    from adrpo.llm.resume import finished_at, newest_complete_checkpoint
+    from adrpo.llm.resume import checkpoint_state, newest_complete_checkpoint, reached_max_steps
 
     path = _config_file(args)
     values = apply_overrides(resolve_paths(load_yaml(path), path.parent), args.set)  # --set paths: from the working directory
@@ -278,7 +278,7 @@ def cmd_grpo_train(args: argparse.Namespace) -> None:
     checkpoint = newest_complete_checkpoint(trainer.args.output_dir) if args.resume else None
     if args.resume and checkpoint is None:
         print(f"no complete checkpoint in {trainer.args.output_dir}: training from the start", file=sys.stderr)
-    if checkpoint is not None and finished_at(checkpoint, trainer.args.max_steps):  # training from it would add a step
+    if checkpoint is not None and reached_max_steps(checkpoint_state(checkpoint), trainer.args.max_steps):  # training would add a step
         print(f"{checkpoint.name}: the run had reached max_steps {trainer.args.max_steps}; nothing to train, saving its weights",
               file=sys.stderr)
         trainer._load_from_checkpoint(str(checkpoint))

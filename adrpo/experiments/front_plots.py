@@ -38,6 +38,13 @@ def plot_styles(labels: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str
     return styles
 
 
+def legend_once(ax) -> None:
+    """``ax``'s legend with one entry per label: the lines of one family's configurations share theirs."""
+    handles, names = ax.get_legend_handles_labels()
+    shown = dict(zip(names, handles))  # the first handle of each label
+    ax.legend(shown.values(), shown.keys(), fontsize=8, loc="best")
+
+
 def _mean_std(points: SeedPoints, key: str) -> tuple[float, float]:
     values = np.array([p[key] for p in points.values()], dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0

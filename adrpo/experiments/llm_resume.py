@@ -33,7 +33,7 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from adrpo.llm.resume import TRAINER_STATE
+from adrpo.llm.resume import TRAINER_STATE, reached_max_steps
 
 
 def checkpoint_settings(eval_steps: int) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def training_ended(state: TrainerState, monitor: Any | None) -> bool:
     """Whether the run saved in ``state`` had ended there: at its last step, or stopped by the collapse monitor
     (``monitor``, a CollapseMonitorCallback already restored from ``state``, under policy ``stop``)."""
     stopped = monitor is not None and monitor.monitor.policy == "stop" and bool(monitor.alarms)
-    return state.global_step >= state.max_steps or stopped
+    return reached_max_steps(state, state.max_steps) or stopped
 
 
 def drop_checkpoints(directory: Path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adrpo.experiments.front_plots import LABELLED_POINTS, plot_fronts, plot_styles
+from adrpo.experiments.front_plots import LABELLED_POINTS, legend_once, plot_fronts, plot_styles
 from adrpo.experiments.fronts import (
     BASE_LABEL,
     base_differences,
@@ -185,9 +185,7 @@ def plot_tradeoff(results: dict[str, Any], path: Path, *, seed: int | None = Non
     ax.set_ylabel("reward (held-out prompts) →")
     coloured = f"; {len(labels) - 1} configurations, one colour per family" if by_family else ""
     ax.set_title(f"Trajectories through training (seed {seed}); large outlined = final{coloured}", fontsize=10)
-    handles, names = ax.get_legend_handles_labels()
-    shown = dict(zip(names, handles))  # one entry per family (or label)
-    ax.legend(shown.values(), shown.keys(), fontsize=8, loc="best")
+    legend_once(ax)
     colors = {label: color for label, (color, _) in styles.items()} | {BASE_LABEL: (0.0, 0.0, 0.0, 1.0)}
     for ax, (key, title, _) in zip(axes[0][1:], METRICS):
         means = [mean_std(table[label][key])[0] for label in labels]
@@ -239,9 +237,7 @@ def plot_trajectories(results: dict[str, Any], path: Path, *, keys: Sequence[str
         ax.set_ylabel(f"{key} (held-out prompts)")
         per = f"mean over seeds, one line per configuration ({len(labels)}), one colour per family" if by_family else "mean ± std over seeds"
         ax.set_title(f"{key} through training\n({per})", fontsize=10)
-    handles, names = axes[0].get_legend_handles_labels()
-    shown = dict(zip(names, handles))  # one entry per family (or label)
-    axes[0].legend(shown.values(), shown.keys(), fontsize=8)
+    legend_once(axes[0])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -78,11 +78,11 @@ def checkpoint_state(checkpoint: Path) -> TrainerState:
     return TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
 
 
-def finished_at(checkpoint: Path, max_steps: int) -> bool:
-    """Whether the run saved in ``checkpoint`` had reached ``max_steps`` (> 0; a run whose epochs set its length
-    is never taken as finished here). transformers checks ``max_steps`` only after a step, so training from such
-    a checkpoint trains one step more whenever ``max_steps`` is not a whole number of epochs."""
-    return max_steps > 0 and checkpoint_state(checkpoint).global_step >= max_steps
+def reached_max_steps(state: TrainerState, max_steps: int) -> bool:
+    """Whether the run saved in ``state`` had reached ``max_steps`` (> 0; a run whose epochs set its length is
+    never taken as finished here). transformers checks ``max_steps`` only after a step, so training from such a
+    checkpoint trains one step more whenever ``max_steps`` is not a whole number of epochs."""
+    return max_steps > 0 and state.global_step >= max_steps
 
 
 def saved_weight_names(checkpoint: Path) -> set[str] | None:
