@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from _common import digits_model
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from trainer_efficiency import timed_inside
 
@@ -60,6 +61,31 @@ def held_bytes(trainer: FlowTrainer, optimizer: torch.optim.Optimizer) -> dict[s
     }
 
 
+def collective_seconds(numel: int, calls: int = 20) -> dict[str, float]:
+    """Median seconds of one gloo collective of a float32 tensor of ``numel`` (the whole policy), as FSDP2 and DDP
+    call them: an all-gather of this process's share, a reduce-scatter into it, an all-reduce of the whole."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    share = torch.randn(-(-numel // world))
+    whole_tensor = torch.randn(share.numel() * world)
+    calls_of = {
+        "all_gather": lambda: dist.all_gather_into_tensor(whole_tensor, share),
+        "reduce_scatter": lambda: dist.reduce_scatter_tensor(share, whole_tensor),
+        "all_reduce": lambda: dist.all_reduce(whole_tensor),
+    }
+    seconds = {}
+    for name, call in calls_of.items():
+        times = []
+        for _ in range(calls + 2):
+            dist.barrier()
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        seconds[name] = statistics.median(times[2:])
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON path prefix; each rank writes <out>.rank<i>.json")
@@ -72,6 +98,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gather-per-forward", action="store_true", help="fsdp_gather_for_sampling: false")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -82,6 +109,7 @@ def main() -> None:
             method="adrpo", prompts_per_step=args.prompts_per_step, group_size=args.group_size,
             sampling_steps=args.sampling_steps, num_steps=args.warmup + args.steps, seed=args.seed,
             output_dir=str(Path(tmp) / "run"), report_to=["none"], progress_bar=False, checkpoint_steps=0, monitor="off",
+            fsdp_gather_for_sampling=not args.gather_per_forward,
         )
         trainer = FlowTrainer(config, model, task.reward, task.train_prompts, diversity_fn=task.embed)
         optimizer = getattr(trainer.calls.optimizer, "optimizer", trainer.calls.optimizer)  # torch's AdamW under accelerate's wrapper
@@ -98,6 +126,7 @@ def main() -> None:
         with timed_inside(trainer, parts):
             trainer.train()
         accelerator = trainer.accelerator
+        collectives = collective_seconds(counted["whole_parameters"] // 4) if accelerator.num_processes > 1 else {}
         report = {
             "rank": accelerator.process_index,
             "processes": accelerator.num_processes,
@@ -114,6 +143,8 @@ def main() -> None:
             # mean seconds of each part over the timed steps (update: loss, backward, optimizer step, zero_grad),
             # a share of timed_seconds / timed_steps
             "parts": {name: statistics.fmean(values[args.warmup:]) for name, values in parts.items()},
+            "units": sum(isinstance(part, FSDPModule) for part in trainer.model.modules()),
+            "collectives": collectives,
         }
         accelerator.state.destroy_process_group()
     Path(f"{args.out}.rank{report['rank']}.json").write_text(json.dumps(report, indent=1))

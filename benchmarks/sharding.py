@@ -1,13 +1,19 @@
 """Full fine-tuning of the flow trainer on 2 CPU processes: per-process bytes under FSDP2 against DDP,
 and samples per second of 2 processes against 1 at one thread each.
 
-Three launches of ``_sharding_worker.py`` through ``accelerate launch`` (gloo; FSDP2 on a CPU takes
+Five launches of ``_sharding_worker.py`` through ``accelerate launch`` (gloo; FSDP2 on a CPU takes
 accelerate's own FSDP2 path through ``adrpo.cpu_fsdp.fsdp_on_cpu``): one process; 2 processes
-of DDP (``--multi_gpu``); 2 processes of FSDP2 (``--use_fsdp --fsdp_version 2``, the policy and the
-frozen reference sharded whole, as the plugin's defaults do for a model without
-``_no_split_modules``). Each builds an ADRPO-FM ``FlowTrainer`` on the digits task with its velocity
-MLP widened to ``--width`` (randomly initialised, same class and depth) and runs ``trainer.train()``
-for ``--warmup`` + ``--steps`` steps, ``OMP_NUM_THREADS=1`` and one torch thread per process.
+of DDP (``--multi_gpu``); 2 processes of FSDP2 (``--use_fsdp --fsdp_version 2``) three ways: the policy
+and the frozen reference sharded whole (one unit, the plugin's default for a model without
+``_no_split_modules``), and each residual block a unit of its own (``TRANSFORMER_BASED_WRAP`` of
+``ResidualBlock``, as ``adrpo/configs/accelerate/fsdp2.yaml`` wraps a transformer's blocks), with the
+trainer's default ``fsdp_gather_for_sampling`` (every unit gathered once per sampling pass) and without
+it (each block gathered at every Euler step). Each builds an ADRPO-FM ``FlowTrainer`` on the digits task
+with its velocity MLP widened to ``--width`` (randomly initialised, same class and depth) and runs
+``trainer.train()`` for ``--warmup`` + ``--steps`` steps, ``OMP_NUM_THREADS=1`` and one torch thread per
+process. After training each process of a 2-process launch times 20 gloo collectives of the whole
+policy's size (an all-gather of its share, a reduce-scatter, an all-reduce): the floor of what
+FSDP2's and DDP's communication costs here, printed with the rest.
 
 (a) Bytes, counted inside each process at its first optimizer step (after ``step()``, before
 ``zero_grad``): the local storage of the policy's parameters, gradients and AdamW state (a DTensor's
@@ -20,10 +26,12 @@ FSDP2's policy bytes ≤ 0.55 × DDP's.
 ``--steps`` steps after the warm-up (end of the last warm-up optimizer step to the end of the last
 step, from the same hook: build, start-up and the final checkpoint do not count), all processes'
 samples over the slowest rank's seconds. Launches run ``--rounds`` times in palindromic order; the
-median per launch is printed. Target: FSDP2's 2 processes ≥ 1.7 × one process; DDP's is reported.
+median per launch is printed. Target: FSDP2 per block (the shipped recipe's wrapping) on 2 processes
+≥ 1.7 × one process; the other launches' scaling, and per block gathered once against per forward,
+are reported.
 
-    .venv/bin/python benchmarks/sharding.py            # ~2 min on 2 idle CPU cores
-    .venv/bin/python benchmarks/sharding.py --quick    # the code path at tiny sizes (~18 s; tests/test_benchmarks.py)
+    .venv/bin/python benchmarks/sharding.py            # ~3 min on 2 idle CPU cores
+    .venv/bin/python benchmarks/sharding.py --quick    # the code path at tiny sizes (~30 s; tests/test_benchmarks.py)
 """
 
 from __future__ import annotations
@@ -45,11 +53,18 @@ from adrpo.tasks.digits import PretrainSettings, load_or_pretrain
 
 WORKER = Path(__file__).resolve().with_name("_sharding_worker.py")
 COMMON = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+PER_BLOCK = ["--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_transformer_layer_cls_to_wrap", "ResidualBlock"]
+FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--num_processes", "2", *COMMON]
+# name: (accelerate launch's arguments, the worker's)
 LAUNCHES = {
-    "1 process": ["--num_processes", "1", *COMMON],
-    "DDP, 2": ["--multi_gpu", "--num_processes", "2", *COMMON],
-    "FSDP2, 2": ["--use_fsdp", "--fsdp_version", "2", "--num_processes", "2", *COMMON],
+    "1 process": (["--num_processes", "1", *COMMON], []),
+    "DDP, 2": (["--multi_gpu", "--num_processes", "2", *COMMON], []),
+    "FSDP2, 2": (FSDP2, []),
+    "FSDP2 per block, 2": ([*FSDP2, *PER_BLOCK], []),
+    "FSDP2 per block, gather per forward, 2": ([*FSDP2, *PER_BLOCK], ["--gather-per-forward"]),
 }
+SHARDED = [name for name in LAUNCHES if name.startswith("FSDP2")]
+TARGET = "FSDP2 per block, 2"  # as adrpo/configs/accelerate/fsdp2.yaml wraps a transformer
 # the launch-size digits models of the tests: pretrained in seconds, for --quick
 QUICK_SETTINGS = {"flow_steps": 100, "classifier_steps": 100, "autoencoder_steps": 100, "flow_width": 64}
 QUICK = dict(width=128, prompts_per_step=2, group_size=4, sampling_steps=4, warmup=1, steps=2, rounds=1)
@@ -66,7 +81,8 @@ def free_port() -> int:
 def launch(name: str, args: argparse.Namespace, cache: str | None, settings: dict, out: Path) -> list[dict]:
     """One launch of the worker; its per-rank reports."""
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--main_process_port", str(free_port()), *LAUNCHES[name], str(WORKER),
+    launch_args, worker_args = LAUNCHES[name]
+    cmd = [str(accelerate), "launch", "--main_process_port", str(free_port()), *launch_args, str(WORKER), *worker_args,
            "--out", str(out), "--settings", json.dumps(settings), "--width", str(args.width),
            "--prompts-per-step", str(args.prompts_per_step), "--group-size", str(args.group_size),
            "--sampling-steps", str(args.sampling_steps), "--warmup", str(args.warmup), "--steps", str(args.steps),
@@ -90,6 +106,12 @@ def held(reports: list[dict]) -> dict[str, int]:
     counts = {key: max(r["bytes"][key] for r in reports) for key in (*(k for k, _ in BYTE_ROWS), "reference", "whole_parameters")}
     counts["policy"] = max(sum(r["bytes"][k] for k, _ in BYTE_ROWS) for r in reports)
     return counts
+
+
+def collective_ms(runs: dict[str, list[list[dict]]]) -> dict[str, float]:
+    """Median milliseconds of each gloo collective the 2-process launches' ranks timed after training."""
+    measured = [r["collectives"] for reports in runs.values() for run in reports for r in run if r["collectives"]]
+    return {name: 1e3 * statistics.median(m[name] for m in measured) for name in measured[0]}
 
 
 def main() -> None:
@@ -120,13 +142,15 @@ def main() -> None:
         for index, name in enumerate(order):
             runs[name].append(launch(name, args, cache, settings, Path(tmp) / f"run{index}"))
 
-    ddp, fsdp = held(runs["DDP, 2"][0]), held(runs["FSDP2, 2"][0])  # bytes are the same in every round
+    ddp, fsdp = held(runs["DDP, 2"][0]), held(runs[TARGET][0])  # bytes are the same in every round
     speed = {name: statistics.median(samples_per_second(r) for r in reports) for name, reports in runs.items()}
-    reports = runs["FSDP2, 2"][0]
-    assert all(r["fsdp2"] and r["bytes"]["dtensor_parameters"] == r["bytes"]["tensors"] for r in reports), "FSDP2 did not shard"
-    assert all(r["processes"] == 2 for name in ("DDP, 2", "FSDP2, 2") for r in runs[name][0])
+    for name in SHARDED:
+        assert all(r["fsdp2"] and r["bytes"]["dtensor_parameters"] == r["bytes"]["tensors"] for r in runs[name][0]), f"{name}: FSDP2 did not shard"
+    assert all(r["processes"] == 2 for name in LAUNCHES if name != "1 process" for r in runs[name][0])
     byte_ratio = fsdp["policy"] / ddp["policy"]
-    scaling = {name: speed[name] / speed["1 process"] for name in ("DDP, 2", "FSDP2, 2")}
+    scaling = {name: speed[name] / speed["1 process"] for name in LAUNCHES if name != "1 process"}
+    gather_once = speed["FSDP2 per block, 2"] / speed["FSDP2 per block, gather per forward, 2"]
+    collectives = collective_ms(runs)
 
     n = args.prompts_per_step * args.group_size
     params = ddp["whole_parameters"] // 4
@@ -137,29 +161,35 @@ def main() -> None:
           f"AdamW, warmup={args.warmup} steps={args.steps} per launch, rounds={args.rounds} (palindromic), OMP_NUM_THREADS=1, "
           f"gloo, seed={args.seed}{' (quick)' if args.quick else ''}")
     mib = 2**20
-    print(f"  bytes per process (largest rank)   {'DDP, 2':>12} {'FSDP2, 2':>12}  FSDP2/DDP")
+    print(f"  bytes per process (largest rank)   {'DDP, 2':>12} {'FSDP2, 2':>12}  FSDP2/DDP (FSDP2: {TARGET})")
     for key, label in (*BYTE_ROWS, ("policy", "policy total"), ("reference", "frozen reference")):
         print(f"  {label:<34} {ddp[key] / mib:8.3f} MiB {fsdp[key] / mib:8.3f} MiB  {fsdp[key] / ddp[key]:.3f}")
+    print(f"  gloo collectives of the whole policy ({params * 4 / 1e6:.1f} MB, median of every 2-process launch's 20 calls): "
+          + ", ".join(f"{name.replace('_', '-')} {ms:.2f} ms" for name, ms in collectives.items()))
+    width = max(map(len, LAUNCHES))
     for name, value in speed.items():
         each = ", ".join(f"{samples_per_second(r):.0f}" for r in runs[name])
         vs = "" if name == "1 process" else f" = {value / speed['1 process']:.3f} x 1 process"
-        print(f"  {name:>9}: {value:8.1f} samples/s (median of {len(runs[name])}: {each}){vs}")
+        units = f", {runs[name][0][0]['units']} FSDP2 units" if name in SHARDED else ""
+        print(f"  {name:>{width}}: {value:8.1f} samples/s (median of {len(runs[name])}: {each}){vs}{units}")
         slowest = [max(reports, key=lambda r: r["timed_seconds"]) for reports in runs[name]]  # the rank each launch waited for
         step = 1e3 * statistics.median(r["timed_seconds"] / r["timed_steps"] for r in slowest)
         ms = {part: 1e3 * statistics.median(r["parts"][part] for r in slowest) for part in PARTS}
-        print(f"{'':>13}step {step:7.1f} ms: " + ", ".join(f"{part} {ms[part]:.1f}" for part in PARTS)
+        print(f"  {'':>{width}}  step {step:7.1f} ms: " + ", ".join(f"{part} {ms[part]:.1f}" for part in PARTS)
               + f", rest {step - sum(ms.values()):.1f}")
     if args.out is not None:
         args.out.write_text(json.dumps({
             "settings": {k: v for k, v in vars(args).items() if k != "out"}, "commit": git_commit(), "machine": machine(),
-            "bytes": {"DDP, 2": ddp, "FSDP2, 2": fsdp}, "samples_per_second": speed, "runs": runs,
+            "bytes": {"DDP, 2": ddp, TARGET: fsdp}, "samples_per_second": speed, "runs": runs,
             "ratio_policy_bytes": byte_ratio, "ratio_reference_bytes": fsdp["reference"] / ddp["reference"],
-            "scaling": scaling,
+            "scaling": scaling, "ratio_gather_once": gather_once, "collectives_ms": collectives,
         }, indent=1))
-    print(f"ratio DDP 2-process / 1-process samples per second: {scaling['DDP, 2']:.3f} (reported)")
+    for name in LAUNCHES:
+        if name not in ("1 process", TARGET):
+            print(f"ratio {name} / 1 process samples per second: {scaling[name]:.3f} (reported)")
+    print(f"ratio FSDP2 per block, gathered once / per forward samples per second: {gather_once:.3f} (reported)")
     print(f"ratio FSDP2 / DDP policy bytes per process (parameters + gradients + AdamW state): {byte_ratio:.3f} (target <= 0.55)")
-    print(f"ratio FSDP2 2-process / 1-process samples per second: {scaling['FSDP2, 2']:.3f} (target >= 1.7)")
-
+    print(f"ratio {TARGET} / 1 process samples per second: {scaling[TARGET]:.3f} (target >= 1.7)")
 
 if __name__ == "__main__":
     main()

@@ -44,8 +44,9 @@ def test_timed_inside_records_one_value_per_part_and_step_and_restores_the_calls
 
 @pytest.mark.timeout(300)
 def test_sharding_benchmark_counts_half_the_bytes_per_process_under_fsdp2(tmp_path):
-    """benchmarks/sharding.py --quick (three launches of the tiny digits MLP): every launch steps, and each FSDP2
-    process holds half of DDP's policy and reference bytes (the byte counts are exact; the speeds are only printed)."""
+    """benchmarks/sharding.py --quick (five launches of the tiny digits MLP): every launch steps, each FSDP2
+    process holds half of DDP's policy and reference bytes (the byte counts are exact; the speeds are only printed),
+    the per-block launches shard each residual block on its own, and every 2-process rank timed its collectives."""
     import json
     import subprocess
 
@@ -56,7 +57,7 @@ def test_sharding_benchmark_counts_half_the_bytes_per_process_under_fsdp2(tmp_pa
     report = json.loads(out.read_text())
     assert report["ratio_policy_bytes"] == pytest.approx(0.5, abs=0.01)  # rows padded to equal shards: just above 0.5
     assert report["ratio_reference_bytes"] == pytest.approx(0.5, abs=0.01)
-    ddp, fsdp = report["bytes"]["DDP, 2"], report["bytes"]["FSDP2, 2"]
+    ddp, fsdp = report["bytes"]["DDP, 2"], report["bytes"]["FSDP2 per block, 2"]
     assert ddp["parameters"] == ddp["whole_parameters"] and ddp["optimizer_state"] >= 2 * ddp["parameters"]  # moments whole
     assert fsdp["gradients"] == fsdp["parameters"] < ddp["parameters"]
     steps = report["settings"]["warmup"] + report["settings"]["steps"]
@@ -64,4 +65,10 @@ def test_sharding_benchmark_counts_half_the_bytes_per_process_under_fsdp2(tmp_pa
         for reports in rounds:
             assert len(reports) == (1 if name == "1 process" else 2)
             assert all(r["optimizer_steps"] == steps and r["timed_seconds"] > 0 for r in reports)
+            assert all(r["collectives"].keys() == ({"all_gather", "reduce_scatter", "all_reduce"} if len(reports) == 2 else set())
+                       for r in reports)
+    units = {name: rounds[0][0]["units"] for name, rounds in report["runs"].items()}
+    # the root and its output-layer unit, and per block 3 ResidualBlocks more
+    assert units == {"1 process": 0, "DDP, 2": 0, "FSDP2, 2": 2, "FSDP2 per block, 2": 5, "FSDP2 per block, gather per forward, 2": 5}
     assert "ratio FSDP2 / DDP policy bytes per process" in result.stdout
+    assert "ratio FSDP2 per block, 2 / 1 process samples per second" in result.stdout

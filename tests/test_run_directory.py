@@ -32,7 +32,7 @@ COMPARED = {
 NEUTRAL = {
     "output_dir": "elsewhere", "logging_steps": 5, "checkpoint_steps": 10, "keep_checkpoints": 5,
     "report_to": ["tensorboard"], "progress_bar": True, "monitor": "stop", "monitor_thresholds": {"w2_max": 1.0},
-    "gradient_checkpointing": True,
+    "gradient_checkpointing": True, "fsdp_gather_for_sampling": False,
 }
 # explicit clip bounds, so that another beta0 changes beta0 alone
 BASE = dict(output_dir="run", report_to=["none"], progress_bar=False, adv_clip_min=-1.0, adv_clip_max=1.0, num_steps=10)

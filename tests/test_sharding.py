@@ -245,3 +245,29 @@ def test_a_fully_fine_tuned_transformer_exports_whole_what_the_sharded_run_train
     assert all(torch.equal(exported[k], trained[k]) for k in trained)
     base = load_file(folders[0] / "transformer" / "diffusion_pytorch_model.safetensors")
     assert base.keys() == exported.keys() and any(not torch.equal(base[k], exported[k]) for k in base)  # the step trained
+
+
+def test_no_grad_forwards_keep_every_fsdp2_unit_gathered_once_and_restore_its_setting(tmp_path):
+    """A 5-step Euler sampler on a model wrapped as accelerate wraps a transformer (3 blocks that reshard
+    after their forward, an output unit that does not, the root), 2 processes over gloo
+    (tests/launch_fsdp_forwards.py). Gathering per forward costs root + output unit + 3 blocks × 5 steps
+    = 17 all-gathers; ``keep_gathered`` 5, one per unit, with bit for bit the same samples; both end with
+    every parameter sharded. A training forward and backward gathers 5 units + 3 blocks again in the
+    backward = 8 before the samplers, after them, and when the model's first forward ever was inside
+    ``keep_gathered`` (the root's own setting is decided then: 9 if it were left to reshard)."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("launch_fsdp_forwards.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(script.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert (report["gathers_keep_False"], report["gathers_keep_True"]) == (17, 5)
+        assert report["sharded_after_keep_False"] and report["sharded_after_keep_True"]
+        assert report["samples_equal"] and report["first_forward_inside_equal"]
+        assert report["train_step_gathers_before"] == report["train_step_gathers_after"] == 8
+        assert report["train_step_gathers_first_forward_inside"] == 8

@@ -127,6 +127,14 @@ class FlowConfig:
     seed: int = _help("Seed of every random draw of the run.", 0)
 
     gradient_checkpointing: bool = _help("Recompute the transformer's activations in the backward pass (diffusers models).", False)
+    fsdp_gather_for_sampling: bool = _help(
+        "FSDP2: keep the whole model gathered through each no-grad pass (a sampling pass of sampling_steps Euler steps, "
+        "the reference and base velocities over their micro-batches): one all-gather of each sharding unit per pass, "
+        "holding one whole copy of the weights meanwhile, as TRL's ds3_gather_for_generation does for generation. False "
+        "gathers each unit at every forward and frees it after (sampling_steps all-gathers of the model per sampling "
+        "pass), for models whose whole weights do not fit one device. DeepSpeed ZeRO-3 keeps what its own "
+        "stage3_max_reuse_distance and stage3_param_persistence_threshold say; other engines hold whole weights anyway.",
+        True)
 
     # LoRA
     lora_rank: int = _help("LoRA rank; 0 trains all parameters and keeps a frozen reference copy.", 0)

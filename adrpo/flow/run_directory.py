@@ -51,6 +51,7 @@ RESULT_NEUTRAL: dict[str, str] = {
                "under 'warn'",
     "monitor_thresholds": "when an alarm is raised (see monitor)",
     "gradient_checkpointing": "recomputes the same activations in the backward pass",
+    "fsdp_gather_for_sampling": "when FSDP2 gathers the same weights",
 }
 MAY_GROW = ("num_steps",)
 

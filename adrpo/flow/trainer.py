@@ -52,7 +52,7 @@ from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.reference import mix_, moving_weights, swapped
 from adrpo.flow.sampler import sample_euler, set_training
-from adrpo.flow.sharding import local, refresh, resharded, shard_frozen, whole
+from adrpo.flow.sharding import local, no_grad_forwards, refresh, shard_frozen, whole
 from adrpo.flow.state import TrainerState
 from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
@@ -187,17 +187,21 @@ class FlowTrainer:
             return nullcontext()
         return adapters_disabled(self.policy) if self.state.reference is None else swapped(self.trainable, self.state.reference)
 
+    def _no_grad_forwards(self, net: nn.Module) -> AbstractContextManager:
+        """Forwards of ``net`` without a backward inside the block (see :func:`adrpo.flow.sharding.no_grad_forwards`)."""
+        return no_grad_forwards(net, keep_gathered=self.config.fsdp_gather_for_sampling)
+
     @torch.no_grad()
     def policy_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """v_θ(x_t, t, c): (N, *D) -> (N, *D), in micro-batches, without gradient."""
-        with resharded(self.policy):
+        with self._no_grad_forwards(self.policy):
             return self.in_chunks(lambda s: self.policy(x_t[s], t[s], cond[s]), len(x_t))
 
     @torch.no_grad()
     def reference_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """v_ref(x_t, t, c): (N, *D) -> (N, *D), in micro-batches; the current (moving) reference."""
         net = self.policy if self.reference is None else self.reference
-        with self.reference_context(), resharded(net):
+        with self.reference_context(), self._no_grad_forwards(net):
             return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     @torch.no_grad()
@@ -209,7 +213,7 @@ class FlowTrainer:
         if self.state.reference is None:
             return self.reference_velocity(x_t, t, cond)
         net, context = self._base_network()
-        with context, resharded(net):
+        with context, self._no_grad_forwards(net):
             return self.in_chunks(lambda s: net(x_t[s], t[s], cond[s]), len(x_t))
 
     def _base_network(self) -> tuple[nn.Module, AbstractContextManager]:
@@ -256,7 +260,7 @@ class FlowTrainer:
             grid=self.time_grid(num_steps),
         )
         try:
-            with context, resharded(net):
+            with context, self._no_grad_forwards(net):
                 return self.in_chunks(lambda s: sample_euler(net, cond[s], x0[s], **settings), len(x0))
         finally:  # a sampling error must not leave the policy in evaluation mode
             set_training(model, was_training)
