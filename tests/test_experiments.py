@@ -145,6 +145,30 @@ def test_an_incomplete_run_is_resumed_not_restarted(tmp_path, digits_cache, monk
     assert json.loads((job.directory / "result.json").read_text()) == run
 
 
+def test_a_run_its_monitor_stopped_is_not_trained_past_the_stop_when_the_sweep_resumes(
+        tmp_path, digits_cache, monkeypatch, count_trainings):
+    """Under monitor: stop a run ends at its first alarm (step 2 here), with a checkpoint there. Killed before its
+    result was written, the sweep run again loads that checkpoint and trains nothing (`fm train --resume` would
+    go on to step 4): the result is the one the interrupted sweep was writing."""
+    trainer = {**TRAINER, "num_steps": 4, "checkpoint_steps": 0, "monitor": "stop", "monitor_thresholds": {"w2_max": 1e-12}}
+    spec = digits_spec(tmp_path, digits_cache, trainer=trainer, methods=[{"label": "ADRPO", "method": "adrpo"}])
+    (job,) = plan(spec)
+    written = []
+    saved = engine.save_result
+    monkeypatch.setattr(engine, "save_result", lambda job, result: written.append(result.to_dict()) or (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec)
+    assert [p.name for p in (job.directory / "checkpoints").iterdir()] == ["step-00000002"]
+    assert [alarm["step"] for alarm in written[0]["alarms"]] == [2]
+    monkeypatch.setattr(engine, "save_result", saved)
+    steps: list[int] = []
+    original_step = FlowTrainer.step
+    monkeypatch.setattr(FlowTrainer, "step", lambda self, **kw: steps.append(self.state.step) or original_step(self, **kw))
+    (run,) = run_experiment(spec)["runs"]
+    assert steps == [] and run == written[0]
+    assert [p.name for p in (job.directory / "checkpoints").iterdir()] == ["step-00000002"]
+
+
 def test_sweep_quick_presets_run_end_to_end_on_a_two_point_grid(tmp_path, digits_cache, monkeypatch, capsys):
     """`adrpo sweep` on the quick presets, reduced to two points per family and two seeds on the tiny
     stand-ins: the table, the fronts, the verdicts (one row per ADRPO point and objective pair) and,

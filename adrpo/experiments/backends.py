@@ -134,7 +134,12 @@ class FlowBackend:
             config = dataclasses.replace(config, progress_bar=False)
         task = build_task(spec.task, spec.task_args, seed=job.seed)
         trainer = FlowTrainer(config, task.base_model(), task.reward, task.train_prompts, diversity_fn=task.embed)
-        rows = trainer.train(resume_from_checkpoint=True, evaluator=task.evaluate, eval_steps=spec.eval.get("steps", 50))
+        stopped = monitor_stopped_checkpoint(config.monitor, job.directory)
+        if stopped is None:
+            rows = trainer.train(resume_from_checkpoint=True, evaluator=task.evaluate, eval_steps=spec.eval.get("steps", 50))
+        else:  # `fm train --resume` would go on past the stop; the sweep's run ended there
+            trainer.load_checkpoint(stopped)
+            rows = trainer.metrics_log.read()
         trajectory = [
             {"step": row["step"], **{k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}}
             for row in rows
@@ -147,6 +152,24 @@ class FlowBackend:
         c = job.configuration
         return RunResult(c.label, c.family, c.role, job.seed, job.digest, str(job.directory), config.to_dict(), trajectory, alarms,
                          samples=samples, target_step=config.num_steps)
+
+
+def monitor_stopped_checkpoint(policy: str, directory: Path) -> Path | None:
+    """The checkpoint a flow run in ``directory`` saved when its collapse monitor stopped it (``policy`` "stop":
+    an alarm in ``alarms.jsonl`` at or before the newest checkpoint's step, which is then the stop's), or None.
+
+    A sweep killed after that checkpoint and before the run's result was written finds the run unfinished;
+    resuming it would train on past the stop, which the same sweep uninterrupted does not. An alarm after the
+    newest checkpoint (killed before the stop's checkpoint was written) leaves the run to resume: it retrains
+    from that checkpoint to the same alarm and stops there again."""
+    from adrpo.core.monitor import read_alarms
+    from adrpo.flow.checkpointing import latest_checkpoint, step_of
+
+    checkpoint = latest_checkpoint(directory / "checkpoints")
+    if policy != "stop" or checkpoint is None:
+        return None
+    alarms = read_alarms(directory / "alarms.jsonl")
+    return checkpoint if any(alarm.step <= step_of(checkpoint) for alarm in alarms) else None
 
 
 # Each LLM task module offers: SETTINGS (a dataclass built from task_args), base_model_path(settings),
