@@ -30,7 +30,7 @@ median per launch is printed. Target: FSDP2 per block (the shipped recipe's wrap
 ≥ 1.7 × one process; the other launches' scaling, and per block gathered once against per forward,
 are reported.
 
-    .venv/bin/python benchmarks/sharding.py            # ~3 min on 2 idle CPU cores
+    .venv/bin/python benchmarks/sharding.py            # ~2 min on 2 idle CPU cores
     .venv/bin/python benchmarks/sharding.py --quick    # the code path at tiny sizes (~30 s; tests/test_benchmarks.py)
 """
 
