@@ -1,4 +1,4 @@
-"""adrpo.flow.sharding.no_grad_forwards under FSDP2 for tests/test_sharding.py, on 2 processes over gloo.
+"""adrpo.fsdp_gathering.no_grad_forwards under FSDP2 for tests/test_sharding.py, on 2 processes over gloo.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/launch_fsdp_forwards.py OUT_DIR
 
@@ -25,7 +25,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 from torch.distributed.tensor import DTensor
 
-from adrpo.flow.sharding import no_grad_forwards
+from adrpo.fsdp_gathering import no_grad_forwards
 
 BLOCKS, WIDTH, EULER_STEPS = 3, 16, 5
 

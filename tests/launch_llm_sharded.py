@@ -12,7 +12,8 @@ For the loss to be comparable too, both runs must also sample the same completio
 draws each completion with its own seed, a function of the step and of the row's place in the global generation
 batch, so that a row sampled on process 1 of 2 gets the draws that row gets on one process. Generation itself
 stays the model's ``generate`` inside TRL's ``unwrap_model_for_generation`` (under ZeRO-3 with the parameters
-gathered, under FSDP2 with per-block all-gathers), called once per row.
+gathered, under FSDP2 with every sharding unit gathered once per generation call by
+adrpo.llm.gathered_generation), called once per row; the FSDP2 all-gathers of each generation call are counted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 from datasets import Dataset
+from launch_fsdp_forwards import gathers
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from adrpo.flow.sharding import whole
@@ -89,6 +92,26 @@ def whole_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: whole(p.detach()).clone() for n, p in params.items()}
 
 
+def count_generation_gathers(trainer: ADRPOTrainer, into: list[int]) -> None:
+    """Append to ``into`` the FSDP2 all-gathers of each of ``trainer``'s generation calls (0 under other engines)."""
+    generate = trainer._generate_single_turn
+
+    def counted(*args, **kwargs):
+        result = []
+        into.append(gathers(lambda: result.append(generate(*args, **kwargs))))
+        return result[0]
+
+    trainer._generate_single_turn = counted
+
+
+def fsdp_parameter_groups(model: torch.nn.Module) -> int:
+    """The FSDP2 parameter groups of ``model``, each gathered by one all-gather (a unit of several modules, as
+    accelerate groups the final norm with the tied embeddings, is one; a root whose weights all sit in its units
+    has none)."""
+    states = {id(part._get_fsdp_state()): part._get_fsdp_state() for part in model.modules() if isinstance(part, FSDPModule)}
+    return sum(len(state._fsdp_param_groups) for state in states.values())
+
+
 def held(model: torch.nn.Module) -> dict[str, int]:
     """How this process holds ``model``'s parameters: ``zero3`` partitioned by ZeRO-3 (``ds_tensor`` holds at most
     half of the elements, rounded up), ``dtensor`` sharded by FSDP2 (a DTensor whose local shard is smaller than the
@@ -122,6 +145,8 @@ def train(case: str, model_dir: str, out_dir: str, per_device_batch: int) -> Non
         # them trainable again, except under ZeRO-3's zero.Init (measured): frozen here, every engine trains the same
         trainer.model.model.audio_tower.embed_positions.requires_grad_(False)
     row_seeded_generate(trainer.model, trainer)
+    generation_gathers: list[int] = []
+    count_generation_gathers(trainer, generation_gathers)
     before = whole_weights(trainer.model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -141,6 +166,8 @@ def train(case: str, model_dir: str, out_dir: str, per_device_batch: int) -> Non
         "changed": sum(not torch.equal(before[n], after[n]) for n in before),
         "trainable": sum(p.requires_grad for p in trainer.model.parameters()),
         "completions": generated,
+        "fsdp_groups": fsdp_parameter_groups(trainer.model),
+        "generation_gathers": generation_gathers,
         "logs": [row for row in trainer.state.log_history if "adrpo/coef_mean" in row],
     }))
 

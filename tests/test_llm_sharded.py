@@ -103,6 +103,9 @@ def test_sharded_runs_equal_the_one_process_run(engine, one_process, tmp_path):
             for module in ("policy", "reference"):  # every parameter of both held in shards
                 assert run_report[module][holding] == run_report[module]["total"] > 0, (case, module)
             assert run_report["changed"] == run_report["trainable"] > 0, case
+            # each generation call gathers every FSDP2 parameter group once (TRL alone: per token of every row)
+            gathered = run_report["generation_gathers"]
+            assert len(gathered) == steps and set(gathered) == ({run_report["fsdp_groups"]} if engine == "fsdp2" else {0}), case
         # the same completions: process r generated the r-th half of each step's global batch
         per_step = len(one["completions"]) // steps
         for step in range(steps):

@@ -15,7 +15,7 @@ collective: every process calls it the same number of times). What changes:
   pointer swap (``param.data = ...``) would leave behind;
 - FSDP2 keeps the outermost module's weights gathered after a forward, for the backward that
   normally follows; after forwards without one (sampling, the reference and base velocities)
-  :func:`no_grad_forwards` frees them, so the next forward gathers the weights as they are then
+  :func:`adrpo.fsdp_gathering.no_grad_forwards` frees them, so the next forward gathers the weights as they are then
   (after an optimizer step or a swap) instead of reusing stale whole copies. With the config's
   ``fsdp_gather_for_sampling`` a sampling pass keeps every unit gathered from its first Euler step
   to its last: one all-gather of the model per pass instead of one per Euler step;
@@ -42,13 +42,12 @@ Tensors that are neither DTensors nor ZeRO-3 parameters pass through every funct
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 
@@ -150,54 +149,6 @@ def copy_whole_(target: torch.Tensor, value: torch.Tensor) -> None:
     if isinstance(target, DTensor) and not isinstance(value, DTensor):
         value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements, src_data_rank=None)
     target.copy_(value)
-
-
-@contextmanager
-def no_grad_forwards(module: nn.Module, *, keep_gathered: bool = False) -> Iterator[None]:
-    """Forwards of ``module`` without a backward inside the block (sampling, the reference and base
-    velocities); nothing is done for a module FSDP2 does not shard.
-
-    FSDP2 gathers a unit's whole weights for each forward and frees them after it, except the root's,
-    which it keeps for the backward that normally follows. With ``keep_gathered`` every unit keeps its
-    weights from its first forward to the end of the block, so a sampler of S Euler steps all-gathers
-    each block once instead of S times, holding one whole copy of ``module`` meanwhile (TRL's
-    ``ds3_gather_for_generation`` makes the same trade for generation); each unit's own setting is
-    restored on exit. On exit every unit is resharded, the root too, so the next forward gathers the
-    weights as they are then (after an optimizer step or a swap) instead of reusing stale whole copies.
-    """
-    units = [part for part in module.modules() if isinstance(part, FSDPModule)]
-    kept = _kept_gathered(module) if keep_gathered and isinstance(module, FSDPModule) else nullcontext()
-    try:
-        with kept:
-            yield
-    finally:
-        for unit in units:
-            unit.reshard()
-
-
-@contextmanager
-def _kept_gathered(root: FSDPModule) -> Iterator[None]:
-    """Inside the block no FSDP2 unit of ``root`` reshards after a forward; on exit each unit's
-    ``reshard_after_forward`` is what it was.
-
-    torch has a setter for it (``set_reshard_after_forward``) but no getter, so the values are read from
-    and written back to each unit's state (``_auto_reshard_after_forward``, each parameter group's
-    ``post_forward_mesh_info``: what the setter writes; torch 2.13). The root decides its own setting at
-    its first forward (``_lazy_init``: kept gathered when left to torch's default); that is done first,
-    so what is restored is what the forwards after the block would have seen.
-    """
-    root._get_fsdp_state()._lazy_init()
-    states = [part._get_fsdp_state() for part in root.modules() if isinstance(part, FSDPModule)]
-    saved = [(state._auto_reshard_after_forward, [group.post_forward_mesh_info for group in state._fsdp_param_groups])
-             for state in states]
-    root.set_reshard_after_forward(False)
-    try:
-        yield
-    finally:
-        for state, (auto, mesh_infos) in zip(states, saved):
-            state._auto_reshard_after_forward = auto
-            for group, mesh_info in zip(state._fsdp_param_groups, mesh_infos):
-                group.post_forward_mesh_info = mesh_info
 
 
 def whole_state_dict(module: nn.Module, *, keep: bool) -> dict[str, torch.Tensor]:

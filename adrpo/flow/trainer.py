@@ -52,8 +52,9 @@ from adrpo.flow.lora import adapters_disabled, add_lora
 from adrpo.flow.methods import LOSSES, PAIRED, LossBatch
 from adrpo.flow.reference import mix_, moving_weights, swapped
 from adrpo.flow.sampler import sample_euler, set_training
-from adrpo.flow.sharding import local, no_grad_forwards, refresh, shard_frozen, whole
+from adrpo.flow.sharding import local, refresh, shard_frozen, whole
 from adrpo.flow.state import TrainerState
+from adrpo.fsdp_gathering import no_grad_forwards
 from adrpo.rewards.base import FlowReward, reward_name, validate_rewards
 
 __all__ = ["Embedder", "Evaluator", "FlowTrainer", "set_training"]
@@ -188,7 +189,7 @@ class FlowTrainer:
         return adapters_disabled(self.policy) if self.state.reference is None else swapped(self.trainable, self.state.reference)
 
     def _no_grad_forwards(self, net: nn.Module) -> AbstractContextManager:
-        """Forwards of ``net`` without a backward inside the block (see :func:`adrpo.flow.sharding.no_grad_forwards`)."""
+        """Forwards of ``net`` without a backward inside the block (see :func:`adrpo.fsdp_gathering.no_grad_forwards`)."""
         return no_grad_forwards(net, keep_gathered=self.config.fsdp_gather_for_sampling)
 
     @torch.no_grad()

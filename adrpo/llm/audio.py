@@ -68,6 +68,7 @@ from adrpo.errors import ConfigError
 from adrpo.llm.audio_datasets import AUDIO_COLUMN, has_audio, readable_audio, rows_without_audio
 from adrpo.llm.audio_features import extracting_each_clip_once, share_repeated_clips
 from adrpo.llm.base_kl import KLToBase
+from adrpo.llm.gathered_generation import GatheredGeneration
 from adrpo.llm.resume import ExactResume
 from adrpo.llm.trl_deprecations import ignore_trl_checkpointing_deprecations
 
@@ -335,11 +336,13 @@ class AudioPath:
         return logps, entropies, aux_loss
 
 
-class AudioGRPOTrainer(KLToBase, AudioPath, ExactResume, GRPOTrainer):
+class AudioGRPOTrainer(KLToBase, AudioPath, ExactResume, GatheredGeneration, GRPOTrainer):
     """GRPOTrainer that also trains audio-language models on rows with an ``audio`` column (:class:`AudioPath`).
 
     Takes exactly GRPOTrainer's arguments; the processor (``processing_class``, by default the model's
     ``AutoProcessor``) must have a ``feature_extractor``. A run of fixed-β GRPO (``trainer: grpo``) resumes exactly
     (:class:`adrpo.llm.resume.ExactResume`) and with ``sync_ref_model`` logs ``kl_base``
     (:class:`adrpo.llm.base_kl.KLToBase`, before the audio path so that it scores the base on the audio rows too).
+    Under FSDP2 ``ds3_gather_for_generation`` gathers the weights once per generation call, as under ZeRO-3
+    (:class:`adrpo.llm.gathered_generation.GatheredGeneration`).
     """
