@@ -21,6 +21,9 @@ themselves, so that only this process decides. The collapse monitor's messages (
 ``adrpo.monitor``) of every run, in this process or a worker, are written through the progress
 bar (``tqdm.write``), prefixed by the run.
 
+Every experiment runs torch's AVX2 CPU kernels on x86-64 (:mod:`adrpo.experiments.cpu_kernels`), so its
+tables are the same on AVX2 and AVX-512 CPUs.
+
 The task-specific halves (how to resolve a configuration, train it and evaluate it) are the
 backends in :mod:`adrpo.experiments.backends`; the results are :class:`RunResult` records.
 """
@@ -281,6 +284,9 @@ def run_experiment(spec: ExperimentSpec, *, force: bool = False) -> dict[str, An
     Raises:
         Interrupted: on Ctrl-C (see the module docstring); what finished stays finished.
     """
+    from adrpo.experiments.cpu_kernels import pin_cpu_kernels
+
+    pin_cpu_kernels()  # before anything computes: the same tables on AVX2 and AVX-512 CPUs
     from adrpo.experiments.backends import backend_for
 
     jobs = plan(spec)
