@@ -21,8 +21,8 @@ themselves, so that only this process decides. The collapse monitor's messages (
 ``adrpo.monitor``) of every run, in this process or a worker, are written through the progress
 bar (``tqdm.write``), prefixed by the run.
 
-Every experiment runs torch's AVX2 CPU kernels on x86-64 (:mod:`adrpo.experiments.cpu_kernels`), so its
-tables are the same on AVX2 and AVX-512 CPUs.
+Every experiment runs torch's and oneDNN's AVX2 CPU kernels on x86-64 (:mod:`adrpo.experiments.cpu_kernels`),
+so its tables are the same on AVX2 and AVX-512 CPUs.
 
 The task-specific halves (how to resolve a configuration, train it and evaluate it) are the
 backends in :mod:`adrpo.experiments.backends`; the results are :class:`RunResult` records.
