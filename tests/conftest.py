@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from adrpo.experiments.cpu_kernels import pin_cpu_kernels
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.models.mlp import MLPVelocityModel
 
+# The CPU kernels every experiment command runs (before any test computes): a sweep run in this process then
+# equals one the CLI runs in a fresh process, on an AVX-512 CPU too.
+pin_cpu_kernels()
 # On a small shared machine torch's intra-op threads spin against each other; one thread is
 # several times faster for these tiny models and keeps every run deterministic.
 torch.set_num_threads(1)

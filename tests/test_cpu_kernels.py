@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from adrpo.experiments.cpu_kernels import KERNELS
+
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 kernels")
 
 PIN = """
@@ -28,8 +30,13 @@ print(json.dumps({{"chosen": chosen, "now": torch.backends.cpu.get_cpu_capabilit
 """
 
 
+def unpinned(**env: str) -> dict[str, str]:
+    """This environment without the kernel variables (conftest sets them for the tests' own process), plus ``env``."""
+    return {k: v for k, v in os.environ.items() if k not in KERNELS} | env
+
+
 def pinned(before: str = "", **env: str) -> dict:
-    environment = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")} | env
+    environment = unpinned(**env)
     result = subprocess.run([sys.executable, "-c", PIN.format(before=before)], capture_output=True, text=True, env=environment,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -58,5 +65,5 @@ def test_pretrained_models_are_cached_per_kernel_family():
     settings = [{"ATEN_CPU_CAPABILITY": "default"}, {"ATEN_CPU_CAPABILITY": "avx2"},
                 {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}]
     keys = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-                           env={**os.environ, **kernels}).stdout.strip() for kernels in settings]
+                           env=unpinned(**kernels)).stdout.strip() for kernels in settings]
     assert len(set(keys)) == 3 and all(len(key) == 12 for key in keys)

@@ -21,13 +21,16 @@ from adrpo import cli
 from conftest import TINY_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
+# steps per run: long enough that the interrupt lands while runs are still training (at 100 a worker's later runs
+# take ~0.3 s each on this machine)
+STEPS = 300
 
 
 def sweep_yaml(tmp_path: Path, cache: Path, name: str) -> Path:
     spec = {
         "task": "digits",
         "task_args": {"settings": dict(TINY_SETTINGS), "cache": str(cache), "eval_samples": 2, "eval_sampling_steps": 2},
-        "trainer": {"num_steps": 100, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 2, "learning_rate": 1e-3,
+        "trainer": {"num_steps": STEPS, "prompts_per_step": 2, "group_size": 4, "sampling_steps": 2, "learning_rate": 1e-3,
                     "checkpoint_steps": 20, "logging_steps": 10, "report_to": ["none"], "progress_bar": False,
                     "monitor_thresholds": {"w2_max": 1e-12}},  # every run alarms at its first logged row
         "eval": {"steps": 50}, "seeds": [0], "workers": 2, "output_dir": str(tmp_path / name),
@@ -51,8 +54,11 @@ def test_ctrl_c_stops_a_sweep_at_once_and_the_same_command_resumes_it_exactly(tm
     config = sweep_yaml(tmp_path, digits_cache, "interrupted")
     out = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    # Ctrl-C's default action in the sweep even where this test runs in a background job, which a
+    # non-interactive shell starts with SIGINT ignored (and Python keeps an ignored SIGINT ignored)
     sweep = subprocess.Popen([sys.executable, "-m", "adrpo.cli", "sweep", "--config", str(config)], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # wait for a finished run and a run half-way (a checkpoint, no result yet)
         dirs = run_dirs(out) if (out / "runs").is_dir() else []
@@ -82,7 +88,7 @@ def test_ctrl_c_stops_a_sweep_at_once_and_the_same_command_resumes_it_exactly(tm
     assert {d: (d / "result.json").stat().st_mtime_ns for d in before} == before  # never trained again
     for run in run_dirs(out):  # a resumed run continued from its checkpoint: no step logged twice
         steps = steps_logged(run)
-        assert steps == sorted(set(steps)) and steps[-1] == 100, (run, steps)
+        assert steps == sorted(set(steps)) and steps[-1] == STEPS, (run, steps)
 
     cli.main(["sweep", "--config", str(sweep_yaml(tmp_path, digits_cache, "straight")), "--workers", "1"])
     assert (out / "table.md").read_text() == (tmp_path / "straight" / "table.md").read_text()

@@ -9,6 +9,11 @@ sampling the miniatures' tables move: measured, ``make llm-demo``'s base accurac
 base 0.583 ± 0.020 against 0.589 ± 0.027 (with torch's AVX2 kernels but oneDNN's AVX-512 ones). With
 both on AVX2 (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``) the AVX-512 machine printed the
 AVX2 machine's tables digit for digit. A GPU run is not affected (its kernels are the GPU's).
+
+The choice is made once per process, at its first CPU kernel: ``run_experiment`` pins it first thing, which
+holds in a fresh process (every ``adrpo`` command); a Python session that has already computed with torch
+keeps its kernels (its runs then differ from the command's in the last digits on an AVX-512 CPU): call
+:func:`pin_cpu_kernels` before anything else there, as the test suite's ``conftest.py`` does.
 """
 
 from __future__ import annotations
