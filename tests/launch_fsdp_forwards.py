@@ -14,6 +14,7 @@ forward was inside ``keep_gathered`` (so whether each unit's own setting was res
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -120,3 +121,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # The report is written. Python's own exit then aborts about one launch in five ("terminate called without an
+    # active exception": gloo's run-loop threads torn down inside Py_FinalizeEx, seen in gdb; torch 2.13), which
+    # is not what this test checks: leave without finalizing.
+    os._exit(0)
