@@ -19,7 +19,8 @@ from torch.distributed.fsdp import FSDPModule
 @contextmanager
 def no_grad_forwards(module: nn.Module, *, keep_gathered: bool = False) -> Iterator[None]:
     """Forwards of ``module`` without a backward inside the block (sampling, the reference and base
-    velocities, generation); nothing is done for a module FSDP2 does not shard.
+    velocities, generation); nothing is done for a module FSDP2 does not shard (not even a walk over its parts:
+    the flow trainer enters this a few times a step).
 
     FSDP2 gathers a unit's whole weights for each forward and frees them after it, except the root's,
     which it keeps for the backward that normally follows. With ``keep_gathered`` every unit keeps its
@@ -29,10 +30,12 @@ def no_grad_forwards(module: nn.Module, *, keep_gathered: bool = False) -> Itera
     On exit every unit is resharded, the root too, so the next forward gathers the weights as they
     are then (after an optimizer step or a swap) instead of reusing stale whole copies.
     """
+    if not isinstance(module, FSDPModule):  # unsharded (or only its parts are, which accelerate never does)
+        yield
+        return
     units = [part for part in module.modules() if isinstance(part, FSDPModule)]
-    kept = _kept_gathered(module) if keep_gathered and isinstance(module, FSDPModule) else nullcontext()
     try:
-        with kept:
+        with _kept_gathered(module, units) if keep_gathered else nullcontext():
             yield
     finally:
         for unit in units:
@@ -40,9 +43,9 @@ def no_grad_forwards(module: nn.Module, *, keep_gathered: bool = False) -> Itera
 
 
 @contextmanager
-def _kept_gathered(root: FSDPModule) -> Iterator[None]:
-    """Inside the block no FSDP2 unit of ``root`` reshards after a forward; on exit each unit's
-    ``reshard_after_forward`` is what it was.
+def _kept_gathered(root: FSDPModule, units: list[FSDPModule]) -> Iterator[None]:
+    """Inside the block no FSDP2 unit of ``root`` (``units``, the root among them) reshards after a forward;
+    on exit each unit's ``reshard_after_forward`` is what it was.
 
     torch has a setter for it (``set_reshard_after_forward``) but no getter, so the values are read from
     and written back to each unit's state (``_auto_reshard_after_forward``, each parameter group's
@@ -51,7 +54,7 @@ def _kept_gathered(root: FSDPModule) -> Iterator[None]:
     so what is restored is what the forwards after the block would have seen.
     """
     root._get_fsdp_state()._lazy_init()
-    states = [part._get_fsdp_state() for part in root.modules() if isinstance(part, FSDPModule)]
+    states = [unit._get_fsdp_state() for unit in units]
     saved = [(state._auto_reshard_after_forward, [group.post_forward_mesh_info for group in state._fsdp_param_groups])
              for state in states]
     root.set_reshard_after_forward(False)

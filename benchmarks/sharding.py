@@ -149,7 +149,7 @@ def main() -> None:
     assert all(r["processes"] == 2 for name in LAUNCHES if name != "1 process" for r in runs[name][0])
     byte_ratio = fsdp["policy"] / ddp["policy"]
     scaling = {name: speed[name] / speed["1 process"] for name in LAUNCHES if name != "1 process"}
-    gather_once = speed["FSDP2 per block, 2"] / speed["FSDP2 per block, gather per forward, 2"]
+    gather_once = speed[TARGET] / speed["FSDP2 per block, gather per forward, 2"]
     collectives = collective_ms(runs)
 
     n = args.prompts_per_step * args.group_size

@@ -145,8 +145,7 @@ def test_an_incomplete_run_is_resumed_not_restarted(tmp_path, digits_cache, monk
     assert json.loads((job.directory / "result.json").read_text()) == run
 
 
-def test_a_run_its_monitor_stopped_is_not_trained_past_the_stop_when_the_sweep_resumes(
-        tmp_path, digits_cache, monkeypatch, count_trainings):
+def test_a_run_its_monitor_stopped_is_not_trained_past_the_stop_when_the_sweep_resumes(tmp_path, digits_cache, monkeypatch):
     """Under monitor: stop a run ends at its first alarm (step 2 here), with a checkpoint there. Killed before its
     result was written, the sweep run again loads that checkpoint and trains nothing (`fm train --resume` would
     go on to step 4): the result is the one the interrupted sweep was writing."""
