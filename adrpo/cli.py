@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from adrpo.distributed_exit import end_distributed
 from adrpo.errors import ConfigError
 
 # What a preset is, by the command that runs it: a `grpo train` recipe, an `fm train` config, or an
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        end_distributed()  # the command's trainer is out of scope: free what holds the process group before Python's exit
     except ConfigError as err:  # the user's configuration or input, named by field, file or row: one line
         print(f"adrpo: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

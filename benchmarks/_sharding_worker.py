@@ -29,6 +29,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from trainer_efficiency import timed_inside
 
+from adrpo.distributed_exit import end_distributed
 from adrpo.flow.config import FlowConfig
 from adrpo.flow.trainer import FlowTrainer
 from adrpo.tasks.digits import DigitsTask
@@ -152,3 +153,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # the trainer's cycles freed before Python's exit (see adrpo.distributed_exit)

@@ -17,6 +17,7 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 
+from adrpo.distributed_exit import end_distributed
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.trainer import ADRPOTrainer
 
@@ -64,3 +65,4 @@ def train(model_dir: str, out_dir: str, per_device_batch: int) -> None:
 
 if __name__ == "__main__":
     train(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    end_distributed()  # the trainer's cycles freed before Python's exit (see adrpo.distributed_exit)

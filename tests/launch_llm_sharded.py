@@ -33,6 +33,7 @@ from launch_fsdp_forwards import gathers
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+from adrpo.distributed_exit import end_distributed
 from adrpo.flow.sharding import whole
 from adrpo.llm.config import ADRPOConfig
 from adrpo.llm.trainer import ADRPOTrainer
@@ -177,3 +178,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     train("text", text_dir, out_dir, batch)
     train("audio", audio_dir, out_dir, batch)
+    end_distributed()  # the trainers' cycles freed before Python's exit (see adrpo.distributed_exit)
