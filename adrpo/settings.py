@@ -32,12 +32,12 @@ def cache_root() -> Path:
 
 
 def settings_key(settings: object, version: int) -> str:
-    """A short content hash of a settings dataclass and of the CPU kernels pretraining runs on (torch's and
-    oneDNN's: AVX2 and AVX-512 sum floats in other orders, see :mod:`adrpo.experiments.cpu_kernels`): any change
+    """A short content hash of a settings dataclass and of the CPU kernels pretraining runs on (torch's, oneDNN's
+    and MKL's: each code path sums floats in another order, see :mod:`adrpo.experiments.cpu_kernels`): any change
     gives a new cache entry."""
     import torch
 
-    kernels = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    kernels = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""), os.environ.get("MKL_CBWR", "")]
     blob = json.dumps({"version": version, "cpu_kernels": kernels, **dataclasses.asdict(settings)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

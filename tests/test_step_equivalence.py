@@ -5,8 +5,9 @@ steps and below it in others).
 
 Two checks:
 - against digests recorded from the implementation before the step's fixed costs were cut
-  (commit cb8ef04); float rounding of matrix products depends on the torch build and the CPU's
-  vector unit, so they are compared only on the build and unit they were recorded on;
+  (commit cb8ef04); float rounding depends on the torch build and on the CPU code of torch, oneDNN
+  and MKL, so they are compared on the build they were recorded on, with the kernels
+  :mod:`adrpo.experiments.cpu_kernels` pins (conftest.py pins them: then on any x86-64 CPU);
 - against accelerate's own clip_grad_norm_, optimizer step and zero_grad, which the
   trainer skips for torch's calls only where they reduce to them (see
   :func:`adrpo.flow.engine.step_calls`): portable, on every machine.
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -44,109 +49,112 @@ CASES = {
 STEPS = 5
 
 # sha256 of the weights + snapshot + generator state and of the metrics rows after STEPS steps, recorded from
-# commit cb8ef04 (before the change) on torch 2.13.0+cpu with each CPU capability's kernels (the tests run AVX2's:
-# conftest.py pins them; ATEN_CPU_CAPABILITY=avx512 in the environment runs AVX512's). The AVX2 ones were
-# recorded later, from cb8ef04 itself, with the script that reproduced the AVX512 ones digit for digit.
+# commit cb8ef04 (before the change) on torch 2.13.0+cpu with MKL's reproducible path (MKL_CBWR=COMPATIBLE,STRICT)
+# and each of torch's CPU capabilities (the tests run AVX2's: conftest.py pins them; ATEN_CPU_CAPABILITY=avx512 in
+# the environment runs AVX512's). To record them again: `git worktree add /tmp/old cb8ef04`, copy this file into
+# /tmp/old/tests/, and there run `PYTHONPATH=. MKL_CBWR=COMPATIBLE,STRICT ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2 python tests/test_step_equivalence.py` (and with avx512).
 TORCH = "2.13.0+cpu"
+MKL = "COMPATIBLE,STRICT"  # adrpo.experiments.cpu_kernels.KERNELS["MKL_CBWR"] (not importable from cb8ef04)
 EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     "AVX512": {
         "adrpo": (
-            "c797e64933752245f78b3d865126ba0cd2bb3d77639e2b94f5a6f31d2b39b813",
-            "32f64075e123c754fb37a70b2a9e3344e786e8c3be5ffc217592c27760689da3",
+            "91da64d91ea14ca4f2daaaf24d027cee51d5226e5bf8e156015b453b99695695",
+            "90ca0c03930a000e74c0434a12d6230c647d1a907c9c52d4fe5b1f20810a928d",
         ),
         "adrpo_no_clip": (
-            "1c5b0ff32686c728a9644d9b771754920ac96db6a527a2231ab07afe1c993c13",
-            "7c5542f7b706233b978cc596b1b6031bd34dfbdb260a28849f0c4b7f64f2cfd7",
+            "b04454c308a54fedf905828110ac3de1f0e288152bd8253335d82b01b083379a",
+            "5560381ac809b0beadfa347ee40a8fe57bd8bd93bf2a93b9951b8f6daa1181a1",
         ),
         "adrpo_micro": (
-            "cf5f88cc40691f8dbba751d21f7805328f98cdf8b4b10a3b223e2f1b2404f9c9",
-            "5857e3ccdae8127d44412ec4cf74df4ca0cac65fda6dff6b586fa7f2344283d6",
+            "d55ea64bd61ec1f4050ff7f3918bb71445da2759978a1dc4eb6ad89b3919b6bd",
+            "a964fbd1e9039d19e51eb89b31d11ab4c6b9c44b10445a71c257178b97cf89e3",
         ),
         "adrpo_lora": (
-            "9c4062758412ef24d5fa0bbeaa53d76780396208ef9b6b1305c78212bd42eb58",
-            "95b3d81a5bece4c5114cd9941e45bd5c052f2e9fa9687784339cbd4f9360a27c",
+            "8e4f8f04fb6df059348d91e3b4b2da3a3672fc17093ed238436cb9bb0109ea88",
+            "b631db903139924338732572100bf05e5ec3424ea289628a5ffc45a6a4cd439f",
         ),
         "adrpo_refresh": (
-            "60f3fbe1a1e8bf81385edd0101f6fbb2bd0b575208fe1368d254a70d9a84e411",
-            "ad30b04c43a41d8fe5e879b840c283b9b0587100eae4c1f8a63dee7b3a316252",
+            "eba56a7af281dd9b74e68cd235f6ba380916f1c0f324f807776323cba7487556",
+            "282d96dcf74921de61ad58f826ef77713bd373477050560555d62c46f1024210",
         ),
         "adrpo_lora_refresh_micro": (
-            "1792e28d312de4b012b66d44e77715eb6ca1118aa704e87dca3a9f8b497159ab",
-            "91328e90322529bd90ad5fa97f0546b21a1db7acd67424c388c97dd13b8b8b2e",
+            "0929d0ba5af823158211e8b27dc2e342e80b1c0abccfb55a6b2b23b503747956",
+            "b6cbee41f2bb382ac4e635ab4f740b8a3ac22de0e39ac3e481b075deddd3a441",
         ),
         "orw_cfm_w2": (
-            "3e54e96de663207126697f60c2d50120ff25d0ef98d0dc1ec188617ba534e3f5",
-            "cc806d9dffb2f745d354d40b8dceb550e02853b7f0579e8788dbd7eb09b8f664",
+            "ec305fb532b26c08c083c15158dc99ae5eb26ba08a8577f25ee0b40c3b3a44af",
+            "81554c1c71d12e7c5cf75ec4071bcbc00583a2c7c907b65ea6cc6e8d124bc064",
         ),
         "orw_cfm_w2_micro": (
-            "c5a8c1a22f4985a90cfa2f1688b14438a54e9161cd5e8b843d5dbe08d28c43fe",
-            "530787be2052825260338dd805d1c0d21b29c38c4301a90a554cacffffecd96d",
+            "1a0f5dc295701f406390ddefa23d69d0d2ef48ca37682bef60ce07e6c800b873",
+            "34ad505daeafd7096d254114a4998c1af0d4ae128d4b233d220a2549b023e00a",
         ),
         "raft": (
-            "54d1f41fbc3a45cee7eccfc69027240ba5ec316a8ff18f795b1bcbc5edf00329",
-            "e16e547959ee85bd86e679e826815a031918bef2f34f48da254a6fde215dddb4",
+            "64d8a3e0cc34982feda03222af4be4915e24e0cca90e220b2abd57418a3a9855",
+            "ab688a464f0a947cc11e2d676ef400603c9f5fcd5a6ae9f418046ace3400d5ce",
         ),
         "raft_lora_refresh": (
-            "0e51dbfd5910ffcd8de634aba4dc7f8baa49fccc70880b8184fe961491a68eac",
-            "5edbb0e61b6812de8207475b136253167de56881bc686e8f3281987adb308495",
+            "5dcca8481884c21b8a161e4df65d00a4c42f6df7ba2b6db9345e8d818e42c6bf",
+            "c2ec6c67730d689186986720e31cbca034383457fc9a9d939c6a63512090bb70",
         ),
         "flow_dpo": (
-            "2392f1f7d0930f65f1fef1324222ea232c1514b0dde8bc9a244550bf62dd7542",
-            "b43b2486a738695df971e2064b70c4271ceedcdec6aa7320d512294e9247fb15",
+            "04122d00ba6533973bc8b3e1649f5632f981bba07864fdc5a9d73ff748be9437",
+            "4e5096c846752a97cc899fa480ef7b72258fa8f26c63feb1f0df9e32297ff1a7",
         ),
         "flow_dpo_micro_diversity": (
-            "2da078357424e41ccffefbded24a127a777f5d91856681f31cad540ed0aa67a9",
-            "ca920113a5efbf8dd2b61a67d872993325381b3d7f8c85900f9c6d9b4cd25224",
+            "eb7e1697e974a1e368119dfe51913677f0028df134d7a30efb0b91efd81267ba",
+            "4548b10b57f0ec2eb1b48355e943f5dc0b95a8d49bd067efa3381558de60a8cc",
         ),
     },
     "AVX2": {
         "adrpo": (
-            "c797e64933752245f78b3d865126ba0cd2bb3d77639e2b94f5a6f31d2b39b813",
-            "32f64075e123c754fb37a70b2a9e3344e786e8c3be5ffc217592c27760689da3",
+            "91da64d91ea14ca4f2daaaf24d027cee51d5226e5bf8e156015b453b99695695",
+            "90ca0c03930a000e74c0434a12d6230c647d1a907c9c52d4fe5b1f20810a928d",
         ),
         "adrpo_no_clip": (
-            "1c5b0ff32686c728a9644d9b771754920ac96db6a527a2231ab07afe1c993c13",
-            "7c5542f7b706233b978cc596b1b6031bd34dfbdb260a28849f0c4b7f64f2cfd7",
+            "b04454c308a54fedf905828110ac3de1f0e288152bd8253335d82b01b083379a",
+            "5560381ac809b0beadfa347ee40a8fe57bd8bd93bf2a93b9951b8f6daa1181a1",
         ),
         "adrpo_micro": (
-            "cf5f88cc40691f8dbba751d21f7805328f98cdf8b4b10a3b223e2f1b2404f9c9",
-            "5857e3ccdae8127d44412ec4cf74df4ca0cac65fda6dff6b586fa7f2344283d6",
+            "d55ea64bd61ec1f4050ff7f3918bb71445da2759978a1dc4eb6ad89b3919b6bd",
+            "a964fbd1e9039d19e51eb89b31d11ab4c6b9c44b10445a71c257178b97cf89e3",
         ),
         "adrpo_lora": (
-            "9c4062758412ef24d5fa0bbeaa53d76780396208ef9b6b1305c78212bd42eb58",
-            "95b3d81a5bece4c5114cd9941e45bd5c052f2e9fa9687784339cbd4f9360a27c",
+            "8e4f8f04fb6df059348d91e3b4b2da3a3672fc17093ed238436cb9bb0109ea88",
+            "b631db903139924338732572100bf05e5ec3424ea289628a5ffc45a6a4cd439f",
         ),
         "adrpo_refresh": (
-            "60f3fbe1a1e8bf81385edd0101f6fbb2bd0b575208fe1368d254a70d9a84e411",
-            "ad30b04c43a41d8fe5e879b840c283b9b0587100eae4c1f8a63dee7b3a316252",
+            "eba56a7af281dd9b74e68cd235f6ba380916f1c0f324f807776323cba7487556",
+            "282d96dcf74921de61ad58f826ef77713bd373477050560555d62c46f1024210",
         ),
         "adrpo_lora_refresh_micro": (
-            "1792e28d312de4b012b66d44e77715eb6ca1118aa704e87dca3a9f8b497159ab",
-            "91328e90322529bd90ad5fa97f0546b21a1db7acd67424c388c97dd13b8b8b2e",
+            "0929d0ba5af823158211e8b27dc2e342e80b1c0abccfb55a6b2b23b503747956",
+            "b6cbee41f2bb382ac4e635ab4f740b8a3ac22de0e39ac3e481b075deddd3a441",
         ),
         "orw_cfm_w2": (
-            "eeeacc5a48cc51c46c94e35105b90c63c62a69458f56f79468649cd217e10f8e",
-            "c219357712740300ceb10b74db9c2c8d4b621f0dcb82b83a3b9ddf4c8af567ef",
+            "829f7f8ff8bb350d6257da96999aea461663f0712438175844d9365a7d8509e7",
+            "1b1a4e9bb957dc9bbae95f4b01eb583fc0abec62ac20df9d8e81e83557ced1a4",
         ),
         "orw_cfm_w2_micro": (
-            "c5a8c1a22f4985a90cfa2f1688b14438a54e9161cd5e8b843d5dbe08d28c43fe",
-            "530787be2052825260338dd805d1c0d21b29c38c4301a90a554cacffffecd96d",
+            "1a0f5dc295701f406390ddefa23d69d0d2ef48ca37682bef60ce07e6c800b873",
+            "34ad505daeafd7096d254114a4998c1af0d4ae128d4b233d220a2549b023e00a",
         ),
         "raft": (
-            "54d1f41fbc3a45cee7eccfc69027240ba5ec316a8ff18f795b1bcbc5edf00329",
-            "e16e547959ee85bd86e679e826815a031918bef2f34f48da254a6fde215dddb4",
+            "64d8a3e0cc34982feda03222af4be4915e24e0cca90e220b2abd57418a3a9855",
+            "ab688a464f0a947cc11e2d676ef400603c9f5fcd5a6ae9f418046ace3400d5ce",
         ),
         "raft_lora_refresh": (
-            "0e51dbfd5910ffcd8de634aba4dc7f8baa49fccc70880b8184fe961491a68eac",
-            "5edbb0e61b6812de8207475b136253167de56881bc686e8f3281987adb308495",
+            "5dcca8481884c21b8a161e4df65d00a4c42f6df7ba2b6db9345e8d818e42c6bf",
+            "c2ec6c67730d689186986720e31cbca034383457fc9a9d939c6a63512090bb70",
         ),
         "flow_dpo": (
-            "2392f1f7d0930f65f1fef1324222ea232c1514b0dde8bc9a244550bf62dd7542",
-            "b43b2486a738695df971e2064b70c4271ceedcdec6aa7320d512294e9247fb15",
+            "04122d00ba6533973bc8b3e1649f5632f981bba07864fdc5a9d73ff748be9437",
+            "4e5096c846752a97cc899fa480ef7b72258fa8f26c63feb1f0df9e32297ff1a7",
         ),
         "flow_dpo_micro_diversity": (
-            "2da078357424e41ccffefbded24a127a777f5d91856681f31cad540ed0aa67a9",
-            "ca920113a5efbf8dd2b61a67d872993325381b3d7f8c85900f9c6d9b4cd25224",
+            "eb7e1697e974a1e368119dfe51913677f0028df134d7a30efb0b91efd81267ba",
+            "4548b10b57f0ec2eb1b48355e943f5dc0b95a8d49bd067efa3381558de60a8cc",
         ),
     },
 }
@@ -179,8 +187,10 @@ def digests(trainer: FlowTrainer) -> tuple[str, str]:
 
 
 @pytest.mark.skipif(
-    torch.__version__ != TORCH or torch.backends.cpu.get_cpu_capability() not in EXPECTED,
-    reason=f"digests were recorded on torch {TORCH} with the kernels of {' and '.join(EXPECTED)}",
+    torch.__version__ != TORCH or torch.backends.cpu.get_cpu_capability() not in EXPECTED
+    or os.environ.get("MKL_CBWR") != MKL,
+    reason=f"digests were recorded on torch {TORCH} with MKL_CBWR={MKL} and the kernels of "
+           f"{' and '.join(EXPECTED)}",
 )
 @pytest.mark.parametrize("case", CASES)
 def test_step_matches_the_recorded_implementation_bit_for_bit(tmp_path, case):
@@ -248,3 +258,9 @@ def test_a_plain_number_grad_norm_is_logged_as_is(tmp_path):
     metrics = trainer.step()
     assert metrics["grad_norm"] == 0.25
     assert all(type(value) is float for value in metrics.values())
+
+
+if __name__ == "__main__":  # the digests of this checkout, as JSON (how EXPECTED was recorded)
+    torch.set_num_threads(1)
+    print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"), file=sys.stderr)
+    print(json.dumps({case: digests(build(Path(tempfile.mkdtemp()), case)) for case in CASES}, indent=1))
