@@ -84,6 +84,7 @@ bench: install
 	$(PY) benchmarks/lora_memory.py
 	$(PY) benchmarks/lora_memory.py --model flux
 	$(PY) benchmarks/sharding.py
+	$(PY) benchmarks/cpu_kernels_cost.py
 
 # The first check on a CUDA device (real-size SD3-medium, FLUX.1-dev and Qwen2.5-7B shapes, random weights); without one it says so.
 gpu-check: install

@@ -17,9 +17,10 @@ on each choice:
   reproducibility on the SSE2 code path, the one Intel documents as giving the same results on Intel and
   Intel-compatible (AMD) CPUs, STRICT for any alignment and thread count. Measured on the Xeon: its results
   equal those with MKL restricted to AVX2 or SSE4.2 (``MKL_ENABLE_INSTRUCTIONS``, the code an older CPU gets).
-  It costs time: one-thread float32 products 2.5-3× as long (256×256: 1.74 ms against 0.59 ms), ``make demo``
-  1.8× (117 s against 64 s, each pretraining its base model), ``make moving`` 16 min 37 s. A user who wants
-  the speed and not the digits sets ``MKL_CBWR=AUTO`` (MKL's own choice) before running a command.
+  It costs time: one-thread float32 products of the miniatures' shapes 4.4-4.9× as long
+  (``benchmarks/cpu_kernels_cost.py``), ``make demo`` 1.8× (117 s against 64 s, each pretraining its base
+  model), ``make moving`` 16 min 37 s. A user who wants the speed and not the digits sets ``MKL_CBWR=AUTO``
+  (MKL's own choice) before running a command.
 
 With all three pinned, the digits, arithmetic and audio miniatures print the same tables on an AVX2 or AVX-512
 CPU of either maker. A GPU run is not affected (its kernels are the GPU's).
