@@ -23,7 +23,9 @@ on each choice:
   (MKL's own choice) before running a command.
 
 With all three pinned, the digits, arithmetic and audio miniatures print the same tables on an AVX2 or AVX-512
-CPU of either maker. A GPU run is not affected (its kernels are the GPU's).
+CPU (measured: ``make demo`` digit for digit with MKL restricted to AVX2 and its base model pretrained anew),
+and on either maker's by Intel's documentation of MKL's reproducible code (no AMD CPU was at hand under the
+pin). A GPU run is not affected (its kernels are the GPU's).
 
 The choice is made once per process, at its first CPU kernel: ``run_experiment`` pins it first thing, which
 holds in a fresh process (every ``adrpo`` command); a Python session that has already computed with torch
