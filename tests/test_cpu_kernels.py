@@ -38,12 +38,15 @@ def unpinned(**env: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in KERNELS} | env
 
 
-def pinned(before: str = "", **env: str) -> dict:
-    environment = unpinned(**env)
-    result = subprocess.run([sys.executable, "-c", PIN.format(before=before)], capture_output=True, text=True, env=environment,
-                            timeout=120)
+def last_line(code: str, **env: str) -> str:
+    """The last line ``code`` prints in a fresh interpreter with :func:`unpinned` ``env``."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=unpinned(**env), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.splitlines()[-1])
+    return result.stdout.splitlines()[-1]
+
+
+def pinned(before: str = "", **env: str) -> dict:
+    return json.loads(last_line(PIN.format(before=before), **env))
 
 
 def test_a_fresh_process_and_the_workers_it_starts_run_the_avx2_kernels():
@@ -76,9 +79,7 @@ print(hashlib.sha256((a @ b).numpy().tobytes()).hexdigest())
 
 
 def product_digest(pin: bool, **env: str) -> str:
-    code = PRODUCT.format(pin="pin_cpu_kernels()" if pin else "")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-                          env=unpinned(**env)).stdout.strip()
+    return last_line(PRODUCT.format(pin="pin_cpu_kernels()" if pin else ""), **env)
 
 
 def test_pinned_matrix_products_do_not_depend_on_the_cpus_instruction_sets():
@@ -102,6 +103,5 @@ def test_pretrained_models_are_cached_per_kernel_family():
                 {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_CBWR": "AUTO"},
                 {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AUTO"},
                 {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE,STRICT"}]
-    keys = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-                           env=unpinned(**kernels)).stdout.strip() for kernels in settings]
+    keys = [last_line(code, **kernels) for kernels in settings]
     assert len(set(keys)) == 4 and all(len(key) == 12 for key in keys)

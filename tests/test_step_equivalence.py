@@ -197,6 +197,14 @@ def test_step_matches_the_recorded_implementation_bit_for_bit(tmp_path, case):
     assert digests(build(tmp_path, case)) == EXPECTED[torch.backends.cpu.get_cpu_capability()][case]
 
 
+def test_the_digests_were_recorded_under_the_mkl_code_experiments_pin():
+    """MKL is a copy (this file also runs from cb8ef04, where cpu_kernels is absent): a change of the pin must
+    re-record the digests, not skip their test."""
+    from adrpo.experiments.cpu_kernels import KERNELS
+
+    assert MKL == KERNELS["MKL_CBWR"]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_torch_calls_match_accelerates_wrappers_bit_for_bit(tmp_path, case, monkeypatch):
     direct = build(tmp_path / "direct", case)
